@@ -1,0 +1,199 @@
+"""Server configuration: a frozen dataclass tree read from TOML, then environment overrides.
+
+Precedence (lowest first): built-in defaults, the TOML file (``--config``), ``TIDELOG_<SECTION>_<KEY>``
+environment variables, command-line flags. Every limit carries its unit last in its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from tidelog.wire.codes import MAX_PAYLOAD_BYTES, U64_MAX
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class FsyncPolicy(StrEnum):
+    ALWAYS = "always"  # flush + fdatasync before every SendMessages acknowledgement
+    INTERVAL = "interval"  # fdatasync every fsync_interval_ms (and on FlushUnsavedBuffer with fsync)
+    NEVER = "never"  # leave it to the kernel; only FlushUnsavedBuffer with fsync syncs
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    address: str = "127.0.0.1:8090"
+    # SendMessages is the only command whose payload may exceed 10 MiB; this caps it so one
+    # client cannot make the server allocate an arbitrary buffer.
+    max_send_payload_bytes: int = 128 * MIB
+    # Replies queued to a slow reader past this pause reading from that client.
+    write_buffer_high_bytes: int = 8 * MIB
+    nodelay: bool = True
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    segment_size_bytes: int = 1 * GIB
+    message_expiry_us: int = U64_MAX  # topic default: never expire
+    max_topic_size_bytes: int = U64_MAX  # topic default: unlimited
+    verify_checksums_on_open: bool = False  # the unflushed tail is always checked
+
+
+@dataclass(frozen=True)
+class DurabilityConfig:
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    fsync_interval_ms: int = 1000
+    # The in-memory journal is written to the segment files when any of these trips.
+    flush_messages: int = 1024
+    flush_bytes: int = 1 * MIB
+    flush_interval_ms: int = 100
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    cleaner_enabled: bool = True
+    cleaner_interval_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    enabled: bool = False
+    interval_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    username: str = "iggy"
+    password: str = "iggy"
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("local_data")
+    tcp: TcpConfig = field(default_factory=TcpConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    durability: DurabilityConfig = field(default_factory=DurabilityConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    root: RootConfig = field(default_factory=RootConfig)
+
+    def __post_init__(self) -> None:
+        assert self.tcp.max_send_payload_bytes > 0
+        if self.system.segment_size_bytes < 4 * KIB or self.system.segment_size_bytes > 4 * GIB - 1:
+            raise ConfigError("system.segment_size_bytes must be between 4 KiB and 4 GiB - 1")
+        if self.tcp.max_send_payload_bytes > 4 * GIB - 1:
+            raise ConfigError("tcp.max_send_payload_bytes must fit a u32 frame length")
+        if self.durability.flush_messages < 1 or self.durability.flush_bytes < 1:
+            raise ConfigError("durability.flush_messages and flush_bytes must be positive")
+        if self.durability.fsync_interval_ms < 1 or self.durability.flush_interval_ms < 1:
+            raise ConfigError("durability intervals must be positive")
+        host, _, port = self.tcp.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"tcp.address must be HOST:PORT, got {self.tcp.address!r}")
+
+    @property
+    def tcp_host(self) -> str:
+        return self.tcp.address.rpartition(":")[0].strip("[]")
+
+    @property
+    def tcp_port(self) -> int:
+        return int(self.tcp.address.rpartition(":")[2])
+
+
+# A single message can carry a 64 MB payload, so the send cap must leave room for one.
+assert TcpConfig().max_send_payload_bytes > MAX_PAYLOAD_BYTES
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(value: Any, target: Any, where: str) -> Any:
+    """Turns a TOML or environment value into the field's type."""
+    try:
+        if target is bool or target == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if target is int or target == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if target in (Path, "Path"):
+            return Path(value)
+        if target in (FsyncPolicy, "FsyncPolicy"):
+            return FsyncPolicy(str(value).lower())
+        return str(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid value {value!r}") from exc
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    changes: dict[str, Any] = {}
+    known = {f.name: f for f in fields(obj)}
+    for key, value in values.items():
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown key {key!r}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{key} must be a table")
+            changes[key] = _apply(current, value, f"{where}.{key}")
+        else:
+            changes[key] = _coerce(value, f.type, f"{where}.{key}")
+    return replace(obj, **changes)
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``TIDELOG_TCP_ADDRESS=...`` → ``{"tcp": {"address": ...}}``; ``TIDELOG_DATA_DIR`` → top level."""
+    out: dict[str, Any] = {}
+    sections = {f.name for f in fields(Config) if f.name != "data_dir"}
+    for name, value in environ.items():
+        if not name.startswith("TIDELOG_"):
+            continue
+        rest = name[len("TIDELOG_") :].lower()
+        if rest == "data_dir":
+            out["data_dir"] = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in sections and key:
+            out.setdefault(section, {})[key] = value
+    # Iggy's own variables for the root user, so Iggy's docs and scripts keep working.
+    user, password = environ.get("IGGY_ROOT_USERNAME"), environ.get("IGGY_ROOT_PASSWORD")
+    if (user is None) != (password is None):
+        raise ConfigError("set both IGGY_ROOT_USERNAME and IGGY_ROOT_PASSWORD, or neither")
+    if user is not None and password is not None:
+        out.setdefault("root", {}).update({"username": user, "password": password})
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                config = _apply(config, tomllib.load(f), "config")
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    config = _apply(config, env_overrides(os.environ if environ is None else environ), "env")
+    if overrides:
+        config = _apply(config, overrides, "flag")
+    return config

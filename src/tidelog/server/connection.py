@@ -1,0 +1,234 @@
+"""One client connection: turns socket bytes into (code, payload) requests and writes replies.
+
+The read side is an ``asyncio.BufferedProtocol`` so the kernel copies straight into buffers we
+own: small frames are parsed in place from a reusable buffer, and a frame larger than that
+gets a buffer of exactly its size, which a SendMessages handler may keep (the batch then
+reaches the storage journal without another copy). Requests are handled strictly one at a
+time, in order; a handler may return an awaitable (e.g. a reply that waits for fsync), and
+reading pauses until it resolves, so a pipelining client cannot queue unbounded work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from tidelog.wire import framing
+from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
+
+log = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+Reply = Sequence[Buffer]
+
+# Frames up to this size are parsed in place; a handler must not keep a view of such a payload.
+SMALL_BUFFER_BYTES = 256 * 1024
+
+
+class CloseConnection(Exception):
+    """Raised by a handler to send ``reply`` (if any) and then close the connection."""
+
+    def __init__(self, reply: Reply | None = None) -> None:
+        super().__init__()
+        self.reply = reply
+
+
+class Handler(Protocol):
+    """What the connection needs from the dispatcher."""
+
+    def payload_limit(self, code: int) -> int: ...
+
+    def handle(
+        self, conn: Connection, code: int, payload: memoryview, owned: bool
+    ) -> Reply | Awaitable[Reply]: ...
+
+    def connection_lost(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.BufferedProtocol):
+    def __init__(self, handler: Handler, write_buffer_high_bytes: int, nodelay: bool) -> None:
+        self._handler = handler
+        self._high_bytes = write_buffer_high_bytes
+        self._nodelay = nodelay
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.session: object = None  # owned by the dispatcher
+        self._small = bytearray(SMALL_BUFFER_BYTES)
+        self._small_view = memoryview(self._small)
+        self._start = 0  # first unparsed byte in _small
+        self._end = 0  # end of received bytes in _small
+        self._big: bytearray | None = None  # payload of one large frame being received
+        self._big_filled = 0
+        self._big_code = 0
+        self._busy = False  # a handler's awaitable is pending
+        self._reading_paused = False
+        self._writing_paused = False
+        self.closed = False
+
+    # ---- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and self._nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        transport.set_write_buffer_limits(high=self._high_bytes)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._big = None
+        self._handler.connection_lost(self)
+
+    def pause_writing(self) -> None:
+        # The client is not reading its replies: stop reading its requests (bounded memory).
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._update_reading()
+        self._process()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_filled :]
+        if self._end == len(self._small):
+            self._compact()
+        return self._small_view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_filled += nbytes
+            if self._big_filled == len(self._big):
+                big, code = self._big, self._big_code
+                self._big = None
+                if not self._dispatch(code, memoryview(big), owned=True):
+                    return
+        else:
+            self._end += nbytes
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    # ---- frame parsing -----------------------------------------------------------------
+    def _process(self) -> None:
+        while not self._busy and not self.closed and not self._writing_paused:
+            available = self._end - self._start
+            if available < FRAME_HEADER_SIZE:
+                break
+            start = self._start
+            try:
+                payload_len, code = framing.parse_request_header(
+                    self._small_view[start : start + FRAME_HEADER_SIZE]
+                )
+                limit = self._handler.payload_limit(code)
+                if payload_len > limit:
+                    # Framing is lost for us (we will not buffer that much): say why, then close.
+                    raise IggyError(Status.INVALID_SIZE_BYTES, f"payload {payload_len} > {limit}")
+            except IggyError as exc:
+                self._write([framing.error_frame(exc.status)])
+                self.close()
+                return
+            frame_end = start + FRAME_HEADER_SIZE + payload_len
+            if frame_end <= self._end:
+                self._start = frame_end
+                payload = self._small_view[start + FRAME_HEADER_SIZE : frame_end]
+                if not self._dispatch(code, payload, owned=False):
+                    return
+                continue
+            if FRAME_HEADER_SIZE + payload_len <= len(self._small):
+                if frame_end > len(self._small):
+                    self._compact()
+                break  # wait for the rest of a small frame
+            # A large frame: give it its own exact-size buffer and receive into it directly.
+            have = self._end - start - FRAME_HEADER_SIZE
+            big = bytearray(payload_len)
+            big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
+            self._start = self._end = 0
+            self._big, self._big_filled, self._big_code = big, have, code
+            break
+        if self._start == self._end:
+            self._start = self._end = 0
+        self._update_reading()
+
+    def _compact(self) -> None:
+        remaining = self._end - self._start
+        if self._start:
+            self._small[:remaining] = self._small_view[self._start : self._end]
+        self._start, self._end = 0, remaining
+
+    def _dispatch(self, code: int, payload: memoryview, owned: bool) -> bool:
+        """Runs one request. Returns False when the connection closed or parsing must wait."""
+        try:
+            result = self._handler.handle(self, code, payload, owned)
+        except CloseConnection as exc:
+            if exc.reply:
+                self._write(exc.reply)
+            self.close()
+            return False
+        except IggyError as exc:
+            self._write([framing.error_frame(exc.status)])
+            return True
+        except Exception:
+            log.exception("handler failed for command %d from %s", code, self.peer)
+            self._write([framing.error_frame(Status.ERROR)])
+            return True
+        if isinstance(result, Awaitable):
+            self._busy = True
+            self._update_reading()
+            asyncio.ensure_future(self._finish(code, result))
+            return False
+        self._write(result)
+        return True
+
+    async def _finish(self, code: int, pending: Awaitable[Reply]) -> None:
+        try:
+            reply: Reply = await pending
+        except CloseConnection as exc:
+            if exc.reply:
+                self._write(exc.reply)
+            self.close()
+            return
+        except IggyError as exc:
+            reply = [framing.error_frame(exc.status)]
+        except Exception:
+            log.exception("handler failed for command %d from %s", code, self.peer)
+            reply = [framing.error_frame(Status.ERROR)]
+        self._write(reply)
+        self._busy = False
+        self._process()
+
+    # ---- output ------------------------------------------------------------------------
+    def _write(self, reply: Reply) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.transport.writelines(reply)
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.closed:
+            return
+        want_pause = self._busy or self._writing_paused
+        if want_pause and not self._reading_paused:
+            self.transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            self.transport.resume_reading()
+            self._reading_paused = False
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+ConnectionFactory = Callable[[], Connection]
