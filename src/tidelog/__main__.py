@@ -1,5 +1,103 @@
-"""Command line entry point (filled in by the server work)."""
+"""Command line: ``tidelog serve`` (more sub-commands join as they are built)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tidelog.config import Config, ConfigError, load_config
+
+log = logging.getLogger("tidelog")
 
 
-def main() -> None:
-    raise SystemExit("tidelog: not built yet")
+def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    if args.tcp_address is not None:
+        overrides["tcp"] = {"address": args.tcp_address}
+    if args.fsync is not None:
+        overrides["durability"] = {"fsync": args.fsync}
+    return overrides
+
+
+async def _serve(config: Config) -> int:
+    from tidelog.server.connection import Connection
+    from tidelog.server.dispatch import Dispatcher
+    from tidelog.server.shard import Shard, install_signal_handlers
+
+    shard = Shard(config)
+    report = shard.open()
+    dispatcher = Dispatcher(shard)
+
+    def factory() -> Connection:
+        return Connection(dispatcher, config.tcp.write_buffer_high_bytes, config.tcp.nodelay)
+
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    await shard.start(factory)
+    print(
+        f"tidelog recovered {report.streams} streams, {report.topics} topics, "
+        f"{report.partitions} partitions, {report.segments} segments, {report.messages} messages "
+        f"from {config.data_dir}"
+        + (f"; cut {report.truncated_bytes} torn bytes" if report.truncated_bytes else "")
+        + (f"; rebuilt {report.rebuilt_indexes} indexes" if report.rebuilt_indexes else "")
+        + ("; created root user" if report.root_created else ""),
+        flush=True,
+    )
+    for path in report.quarantined:
+        print(f"tidelog kept torn bytes aside in {path}", flush=True)
+    print(
+        f"tidelog listening on {config.tcp_host}:{shard.bound_port} (fsync={config.durability.fsync})",
+        flush=True,
+    )
+    await stop.wait()
+    print("tidelog stopping: flushing partitions", flush=True)
+    await shard.stop()
+    print("tidelog stopped", flush=True)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides=_serve_overrides(args))
+    except ConfigError as exc:
+        print(f"tidelog: {exc}", file=sys.stderr)
+        return 2
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(_serve(config))
+    return asyncio.run(_serve(config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidelog", description="A persistent message streaming server")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", type=Path, default=None, help="TOML configuration file")
+    serve.add_argument("--data-dir", type=Path, default=None, help="where data lives (default local_data)")
+    serve.add_argument("--tcp-address", default=None, help="HOST:PORT to listen on (default 127.0.0.1:8090)")
+    serve.add_argument("--fsync", choices=["always", "interval", "never"], default=None)
+    serve.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from tidelog.wire import framing
 from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
@@ -45,6 +45,8 @@ class Handler(Protocol):
         self, conn: Connection, code: int, payload: memoryview, owned: bool
     ) -> Reply | Awaitable[Reply]: ...
 
+    def connection_made(self, conn: Connection) -> None: ...
+
     def connection_lost(self, conn: Connection) -> None: ...
 
 
@@ -70,8 +72,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
@@ -80,7 +82,8 @@ class Connection(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=self._high_bytes)
+        self.transport.set_write_buffer_limits(high=self._high_bytes)
+        self._handler.connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:

@@ -1,0 +1,862 @@
+"""Command code → handler: authentication, permissions, and the glue between codec and state.
+
+Each handler gets a decoded request and the caller's session, checks who may do it
+(``permissions``), changes state through the shard (metadata ops are logged before they are
+visible; data goes to the partition that owns it), and returns the reply payload. Errors are
+``IggyError`` and become an error frame; the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import platform
+import resource
+import shutil
+import socket
+import zipfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import xxhash
+
+from tidelog import auth
+from tidelog import metadata as md
+from tidelog import permissions as perm
+from tidelog.config import FsyncPolicy
+from tidelog.server.connection import CloseConnection, Connection, Reply
+from tidelog.server.shard import PartitionKey, Session, Shard
+from tidelog.storage.partition import Partition
+from tidelog.wire import batch as wbatch
+from tidelog.wire import commands as c
+from tidelog.wire import framing
+from tidelog.wire.codes import (
+    MAX_TOKENS_PER_USER,
+    PAT_NAME_LEN_MAX,
+    PAT_NAME_LEN_MIN,
+    U64_MAX,
+    UNAUTHENTICATED_COMMANDS,
+    Command,
+    IggyError,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = "0.8.0"
+SERVER_SEMVER = 8000  # major * 10^6 + minor * 10^3 + patch, as the Stats record wants
+
+_EMPTY_OK = framing.ok_header(0)
+
+Handler = Callable[[Session, Any], "bytes | None | Awaitable[bytes | None]"]
+
+
+def _reply(payload: bytes | None) -> Reply:
+    if not payload:
+        return [_EMPTY_OK]
+    return [framing.ok_header(len(payload)), payload]
+
+
+def _deny() -> IggyError:
+    return IggyError(Status.UNAUTHORIZED)
+
+
+def consumer_key(consumer: c.Consumer) -> int:
+    """Offsets of individual consumers are keyed by u32: numeric ids as is, names by XXH32."""
+    if isinstance(consumer.id, int):
+        return consumer.id
+    return xxhash.xxh32_intdigest(consumer.id.encode())
+
+
+class Dispatcher:
+    """Implements connection.Handler for the Iggy 0.8 classic protocol."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.md = shard.metadata
+        self.send_limit_bytes = shard.config.tcp.max_send_payload_bytes
+        self.fsync_always = shard.config.durability.fsync is FsyncPolicy.ALWAYS
+        self.handlers: dict[int, Handler] = {
+            Command.PING: self.ping,
+            Command.GET_STATS: self.get_stats,
+            Command.GET_SNAPSHOT: self.get_snapshot,
+            Command.GET_CLUSTER_METADATA: self.get_cluster_metadata,
+            Command.GET_ME: self.get_me,
+            Command.GET_CLIENT: self.get_client,
+            Command.GET_CLIENTS: self.get_clients,
+            Command.GET_USER: self.get_user,
+            Command.GET_USERS: self.get_users,
+            Command.CREATE_USER: self.create_user,
+            Command.DELETE_USER: self.delete_user,
+            Command.UPDATE_USER: self.update_user,
+            Command.UPDATE_PERMISSIONS: self.update_permissions,
+            Command.CHANGE_PASSWORD: self.change_password,
+            Command.LOGIN_USER: self.login_user,
+            Command.LOGOUT_USER: self.logout_user,
+            Command.GET_PERSONAL_ACCESS_TOKENS: self.get_pats,
+            Command.CREATE_PERSONAL_ACCESS_TOKEN: self.create_pat,
+            Command.DELETE_PERSONAL_ACCESS_TOKEN: self.delete_pat,
+            Command.LOGIN_WITH_PERSONAL_ACCESS_TOKEN: self.login_with_pat,
+            Command.FLUSH_UNSAVED_BUFFER: self.flush_unsaved_buffer,
+            Command.GET_CONSUMER_OFFSET: self.get_consumer_offset,
+            Command.STORE_CONSUMER_OFFSET: self.store_consumer_offset,
+            Command.DELETE_CONSUMER_OFFSET: self.delete_consumer_offset,
+            Command.GET_STREAM: self.get_stream,
+            Command.GET_STREAMS: self.get_streams,
+            Command.CREATE_STREAM: self.create_stream,
+            Command.DELETE_STREAM: self.delete_stream,
+            Command.UPDATE_STREAM: self.update_stream,
+            Command.PURGE_STREAM: self.purge_stream,
+            Command.GET_TOPIC: self.get_topic,
+            Command.GET_TOPICS: self.get_topics,
+            Command.CREATE_TOPIC: self.create_topic,
+            Command.DELETE_TOPIC: self.delete_topic,
+            Command.UPDATE_TOPIC: self.update_topic,
+            Command.PURGE_TOPIC: self.purge_topic,
+            Command.CREATE_PARTITIONS: self.create_partitions,
+            Command.DELETE_PARTITIONS: self.delete_partitions,
+            Command.DELETE_SEGMENTS: self.delete_segments,
+            Command.GET_CONSUMER_GROUP: self.get_consumer_group,
+            Command.GET_CONSUMER_GROUPS: self.get_consumer_groups,
+            Command.CREATE_CONSUMER_GROUP: self.create_consumer_group,
+            Command.DELETE_CONSUMER_GROUP: self.delete_consumer_group,
+            Command.JOIN_CONSUMER_GROUP: self.join_consumer_group,
+            Command.LEAVE_CONSUMER_GROUP: self.leave_consumer_group,
+        }
+        assert set(self.handlers) | {Command.SEND_MESSAGES, Command.POLL_MESSAGES} == {int(x) for x in Command}
+
+    # ---- connection.Handler ------------------------------------------------------------
+    def payload_limit(self, code: int) -> int:
+        return framing.payload_limit(code, self.send_limit_bytes)
+
+    def connection_made(self, conn: Connection) -> None:
+        conn.session = self.shard.open_session(conn, conn.peer)
+
+    def connection_lost(self, conn: Connection) -> None:
+        session = conn.session
+        if isinstance(session, Session):
+            self.shard.close_session(session)
+
+    def handle(
+        self, conn: Connection, code: int, payload: memoryview, owned: bool
+    ) -> Reply | Awaitable[Reply]:
+        session = conn.session
+        if not isinstance(session, Session):
+            session = self.shard.open_session(conn, conn.peer)
+            conn.session = session
+        if self.shard.stopping:
+            raise CloseConnection([framing.error_frame(Status.DISCONNECTED)])
+        if session.client_id not in self.shard.sessions:
+            # Evicted (heartbeat): the reference server answers StaleClient and closes.
+            raise CloseConnection([framing.error_frame(Status.STALE_CLIENT)])
+        if code not in UNAUTHENTICATED_COMMANDS and session.user_id is None:
+            if code in self.handlers or code in (Command.SEND_MESSAGES, Command.POLL_MESSAGES):
+                raise IggyError(Status.UNAUTHENTICATED)
+            raise IggyError(Status.INVALID_COMMAND, f"unknown command {code}")
+        if code == Command.SEND_MESSAGES:
+            self.send_messages(session, payload, owned)
+            return [_EMPTY_OK]
+        if code == Command.POLL_MESSAGES:
+            return self.poll_messages(session, c.PollMessages.decode(payload))
+        handler = self.handlers.get(code)
+        if handler is None:
+            raise IggyError(Status.INVALID_COMMAND, f"unknown command {code}")
+        request = c.decode_request(code, payload)
+        result = handler(session, request)
+        if isinstance(result, Awaitable):
+            return self._await_reply(result)
+        return _reply(result)
+
+    async def _await_reply(self, pending: Awaitable[bytes | None]) -> Reply:
+        return _reply(await pending)
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _perms(self, session: Session) -> perm.Permissions | None:
+        assert session.user_id is not None
+        user = self.md.user(session.user_id)
+        return None if user is None else user.permissions
+
+    def _require(self, allowed: bool) -> None:
+        if not allowed:
+            raise _deny()
+
+    def _stream(self, ident: int | str) -> md.StreamMeta:
+        return self.md.require_stream(ident)
+
+    def _topic(self, stream_ident: int | str, topic_ident: int | str) -> md.TopicMeta:
+        return self.md.require_topic(self.md.require_stream(stream_ident), topic_ident)
+
+    def _partition(self, topic: md.TopicMeta, partition_id: int) -> tuple[PartitionKey, Partition]:
+        key = (topic.stream_id, topic.id, partition_id)
+        part = self.shard.partitions.get(key)
+        if part is None or partition_id not in topic.partitions:
+            raise IggyError(Status.PARTITION_NOT_FOUND)
+        return key, part
+
+    def _stream_info(self, stream: md.StreamMeta) -> c.StreamInfo:
+        size, count = self.shard.stream_totals(stream)
+        return c.StreamInfo(
+            id=stream.id,
+            created_at_us=stream.created_at_us,
+            topics_count=len(stream.topics),
+            size_bytes=size,
+            messages_count=count,
+            name=stream.name,
+        )
+
+    def _topic_info(self, topic: md.TopicMeta) -> c.TopicInfo:
+        size, count = self.shard.topic_totals(topic)
+        return c.TopicInfo(
+            id=topic.id,
+            created_at_us=topic.created_at_us,
+            partitions_count=len(topic.partitions),
+            message_expiry=topic.message_expiry,
+            compression_algorithm=topic.compression_algorithm,
+            max_topic_size=topic.max_topic_size,
+            replication_factor=topic.replication_factor,
+            size_bytes=size,
+            messages_count=count,
+            name=topic.name,
+        )
+
+    def _topic_details(self, topic: md.TopicMeta) -> c.TopicDetails:
+        parts = []
+        for pid in sorted(topic.partitions):
+            part = self.shard.partitions[(topic.stream_id, topic.id, pid)]
+            parts.append(
+                c.PartitionInfo(
+                    id=pid,
+                    created_at_us=topic.partitions[pid].created_at_us,
+                    segments_count=part.segments_count,
+                    current_offset=part.current_offset,
+                    size_bytes=part.size_bytes,
+                    messages_count=part.messages_count,
+                )
+            )
+        return c.TopicDetails(topic=self._topic_info(topic), partitions=parts)
+
+    def _user_details(self, user: md.UserMeta) -> c.UserDetails:
+        return c.UserDetails(
+            user=c.UserInfo(
+                id=user.id, created_at_us=user.created_at_us, status=user.status, username=user.username
+            ),
+            permissions=user.permissions,
+        )
+
+    def _group_info(self, group: md.GroupMeta) -> c.ConsumerGroupInfo:
+        return c.ConsumerGroupInfo(
+            id=group.id,
+            partitions_count=len(group.partition_ids),
+            members_count=len(group.members),
+            name=group.name,
+        )
+
+    def _client_details(self, session: Session) -> c.ClientDetails:
+        groups = self.md.client_groups(session.client_id)
+        return c.ClientDetails(
+            client=self._client_info(session, len(groups)),
+            groups=list(groups),
+        )
+
+    def _client_info(self, session: Session, groups_count: int | None = None) -> c.ClientInfo:
+        if groups_count is None:
+            groups_count = len(self.md.client_groups(session.client_id))
+        return c.ClientInfo(
+            client_id=session.client_id,
+            user_id=session.wire_user_id,
+            transport=1,
+            address=session.address,
+            consumer_groups_count=groups_count,
+        )
+
+    # ---- system ------------------------------------------------------------------------
+    def ping(self, session: Session, req: c.Ping) -> None:
+        session.last_heartbeat_us = self.shard.clock_us()
+
+    def get_stats(self, session: Session, req: c.GetStats) -> bytes:
+        self._require(perm.servers_read(self._perms(session)))
+        return self.stats().encode()
+
+    def stats(self) -> c.Stats:
+        shard = self.shard
+        streams = topics = partitions = segments = groups = 0
+        messages = size = 0
+        for stream in self.md.streams.values():
+            streams += 1
+            for topic in stream.topics.values():
+                topics += 1
+                groups += len(topic.groups)
+                for part in shard.topic_partitions(topic):
+                    partitions += 1
+                    segments += part.segments_count
+                    messages += part.messages_count
+                    size += part.size_bytes
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        page = os.sysconf("SC_PAGE_SIZE")
+        total_mem = os.sysconf("SC_PHYS_PAGES") * page
+        avail_mem = os.sysconf("SC_AVPHYS_PAGES") * page
+        disk = shutil.disk_usage(shard.data_dir)
+        now = shard.clock_us()
+        run_time_us = max(0, now - shard.started_at_us)
+        cpu_s = usage.ru_utime + usage.ru_stime
+        cpu_pct = 100.0 * cpu_s / max(run_time_us / 1e6, 1e-6)
+        uname = platform.uname()
+        return c.Stats(
+            process_id=os.getpid(),
+            cpu_usage=float(cpu_pct),
+            total_cpu_usage=float(os.getloadavg()[0] * 100 / (os.cpu_count() or 1)),
+            memory_usage_bytes=usage.ru_maxrss * 1024,
+            total_memory_bytes=total_mem,
+            available_memory_bytes=avail_mem,
+            run_time_us=run_time_us,
+            start_time_us=shard.started_at_us,
+            read_bytes=usage.ru_inblock * 512,
+            written_bytes=usage.ru_oublock * 512,
+            messages_size_bytes=size,
+            streams_count=streams,
+            topics_count=topics,
+            partitions_count=partitions,
+            segments_count=segments,
+            messages_count=messages,
+            clients_count=len(shard.sessions),
+            consumer_groups_count=groups,
+            hostname=socket.gethostname(),
+            os_name=uname.system,
+            os_version=uname.version,
+            kernel_version=uname.release,
+            iggy_server_version=SERVER_VERSION,
+            iggy_server_semver=SERVER_SEMVER,
+            cache_metrics=[],
+            threads_count=1,
+            free_disk_space_bytes=disk.free,
+            total_disk_space_bytes=disk.total,
+        )
+
+    def get_snapshot(self, session: Session, req: c.GetSnapshot) -> bytes:
+        """A troubleshooting ZIP (not a data backup), as Iggy's snapshot command returns."""
+        methods = {1: zipfile.ZIP_STORED, 2: zipfile.ZIP_DEFLATED, 3: zipfile.ZIP_BZIP2}
+        method = methods.get(req.compression, zipfile.ZIP_LZMA)
+        types = set(req.snapshot_types)
+        if 100 in types and len(types) > 1:
+            raise IggyError(Status.INVALID_COMMAND, "snapshot type 'all' cannot be combined")
+        if 100 in types:
+            types = {1, 2, 3, 4, 5, 6}
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", compression=method) as zf:
+            if 1 in types:
+                listing = "\n".join(
+                    f"{p.stat().st_size:>14} {p.relative_to(self.shard.data_dir)}"
+                    for p in sorted(self.shard.data_dir.rglob("*"))
+                    if p.is_file()
+                )
+                zf.writestr("filesystem_overview.txt", listing)
+            if 2 in types:
+                zf.writestr("process_list.txt", f"{os.getpid()} tidelog\n")
+            if 3 in types:
+                zf.writestr("resource_usage.txt", repr(resource.getrusage(resource.RUSAGE_SELF)))
+            if 4 in types:
+                zf.writestr("test.txt", "test")
+            if 5 in types:
+                zf.writestr("server_logs.txt", "logs go to standard error\n")
+            if 6 in types:
+                zf.writestr("server_config.txt", repr(self.shard.config))
+        return out.getvalue()
+
+    def get_cluster_metadata(self, session: Session, req: c.GetClusterMetadata) -> bytes:
+        node = c.ClusterNode(
+            name="tidelog-node",
+            ip=self.shard.config.tcp_host,
+            tcp_port=self.shard.bound_port,
+            quic_port=0,
+            http_port=0,
+            websocket_port=0,
+            role=0,
+            status=0,
+        )
+        return c.ClusterMetadata(name="single-node", nodes=[node]).encode()
+
+    def get_me(self, session: Session, req: c.GetMe) -> bytes:
+        return self._client_details(session).encode()
+
+    def get_client(self, session: Session, req: c.GetClient) -> bytes | None:
+        self._require(perm.servers_read(self._perms(session)))
+        if req.client_id == 0:
+            raise IggyError(Status.INVALID_CLIENT_ID)
+        other = self.shard.sessions.get(req.client_id)
+        return None if other is None else self._client_details(other).encode()
+
+    def get_clients(self, session: Session, req: c.GetClients) -> bytes:
+        self._require(perm.servers_read(self._perms(session)))
+        return b"".join(self._client_info(s).encode() for s in self.shard.sessions.values())
+
+    # ---- users -------------------------------------------------------------------------
+    def get_user(self, session: Session, req: c.GetUser) -> bytes | None:
+        user = self.md.user(req.user_id)
+        if user is None or user.id != session.user_id:
+            self._require(perm.users_read(self._perms(session)))
+        return None if user is None else self._user_details(user).encode()
+
+    def get_users(self, session: Session, req: c.GetUsers) -> bytes:
+        self._require(perm.users_read(self._perms(session)))
+        users = sorted(self.md.users.values(), key=lambda u: u.id)
+        return b"".join(
+            c.UserInfo(id=u.id, created_at_us=u.created_at_us, status=u.status, username=u.username).encode()
+            for u in users
+        )
+
+    async def create_user(self, session: Session, req: c.CreateUser) -> bytes:
+        self._require(perm.users_manage(self._perms(session)))
+        auth.validate_username(req.username)
+        auth.validate_password(req.password)
+        if self.md.user_by_name(req.username) is not None:
+            raise IggyError(Status.USER_ALREADY_EXISTS)
+        password_hash = await asyncio.to_thread(auth.hash_password, req.password)
+        op = md.CreateUser(
+            username=req.username,
+            password_hash=password_hash,
+            status=req.status,
+            permissions=req.permissions,
+            created_at_us=self.shard.clock_us(),
+        )
+        user = self.shard.apply(op)
+        assert isinstance(user, md.UserMeta)
+        return self._user_details(user).encode()
+
+    def delete_user(self, session: Session, req: c.DeleteUser) -> None:
+        self._require(perm.users_manage(self._perms(session)))
+        user = self.md.require_user(req.user_id)
+        self.shard.apply(md.DeleteUser(user_id=user.id))
+        for other in self.shard.sessions.values():
+            if other.user_id == user.id:
+                other.user_id = None
+
+    def update_user(self, session: Session, req: c.UpdateUser) -> None:
+        self._require(perm.users_manage(self._perms(session)))
+        user = self.md.require_user(req.user_id)
+        if req.username is not None:
+            auth.validate_username(req.username)
+        self.shard.apply(md.UpdateUser(user_id=user.id, username=req.username, status=req.status))
+
+    def update_permissions(self, session: Session, req: c.UpdatePermissions) -> None:
+        self._require(perm.users_manage(self._perms(session)))
+        user = self.md.require_user(req.user_id)
+        self.shard.apply(md.UpdatePermissions(user_id=user.id, permissions=req.permissions))
+
+    async def change_password(self, session: Session, req: c.ChangePassword) -> None:
+        user = self.md.require_user(req.user_id)
+        if user.id != session.user_id:
+            self._require(perm.users_manage(self._perms(session)))
+        auth.validate_password(req.current_password)
+        auth.validate_password(req.new_password)
+        ok = await asyncio.to_thread(auth.verify_password, user.password_hash, req.current_password)
+        if not ok:
+            raise IggyError(Status.INVALID_CREDENTIALS)
+        new_hash = await asyncio.to_thread(auth.hash_password, req.new_password)
+        self.shard.apply(md.ChangePassword(user_id=user.id, password_hash=new_hash))
+
+    async def login_user(self, session: Session, req: c.LoginUser) -> bytes:
+        auth.validate_username(req.username)
+        auth.validate_password(req.password)
+        # A name made only of digits is a user id, as the SDK's Identifier rule makes it.
+        ident: int | str = c.identifier_from_user(req.username)
+        user = self.md.user(ident)
+        if user is None:
+            raise IggyError(Status.INVALID_CREDENTIALS)
+        ok = await asyncio.to_thread(auth.verify_password, user.password_hash, req.password)
+        if not ok:
+            raise IggyError(Status.INVALID_CREDENTIALS)
+        if user.status != 1:
+            raise IggyError(Status.USER_INACTIVE)
+        session.user_id = user.id
+        return c.Identity(user_id=user.id).encode()
+
+    def logout_user(self, session: Session, req: c.LogoutUser) -> None:
+        session.user_id = None
+
+    # ---- personal access tokens --------------------------------------------------------
+    def get_pats(self, session: Session, req: c.GetPersonalAccessTokens) -> bytes:
+        user = self.md.require_user(session.wire_user_id)
+        return b"".join(
+            c.PersonalAccessTokenInfo(name=t.name, expiry_at_us=t.expiry_at_us).encode()
+            for t in sorted(user.tokens.values(), key=lambda t: t.name)
+        )
+
+    def create_pat(self, session: Session, req: c.CreatePersonalAccessToken) -> bytes:
+        user = self.md.require_user(session.wire_user_id)
+        if not PAT_NAME_LEN_MIN <= len(req.name.encode()) <= PAT_NAME_LEN_MAX:
+            raise IggyError(Status.INVALID_PERSONAL_ACCESS_TOKEN_NAME)
+        if req.name in user.tokens:
+            raise IggyError(Status.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS)
+        if len(user.tokens) >= MAX_TOKENS_PER_USER:
+            raise IggyError(Status.PERSONAL_ACCESS_TOKENS_LIMIT_REACHED)
+        token = auth.generate_token(self.shard.random_bytes)
+        expiry_at = 0 if req.expiry in (0, U64_MAX) else self.shard.clock_us() + req.expiry
+        self.shard.apply(
+            md.CreatePersonalAccessToken(
+                user_id=user.id, name=req.name, token_hash=auth.hash_token(token), expiry_at_us=expiry_at
+            )
+        )
+        return c.RawPersonalAccessToken(token=token).encode()
+
+    def delete_pat(self, session: Session, req: c.DeletePersonalAccessToken) -> None:
+        user = self.md.require_user(session.wire_user_id)
+        if req.name not in user.tokens:
+            raise IggyError(Status.RESOURCE_NOT_FOUND)
+        self.shard.apply(md.DeletePersonalAccessToken(user_id=user.id, name=req.name))
+
+    def login_with_pat(self, session: Session, req: c.LoginWithPersonalAccessToken) -> bytes:
+        found = self.md.pat_by_hash(auth.hash_token(req.token))
+        if found is None:
+            raise IggyError(Status.RESOURCE_NOT_FOUND)
+        user, pat = found
+        if pat.expiry_at_us and pat.expiry_at_us <= self.shard.clock_us():
+            raise IggyError(Status.PERSONAL_ACCESS_TOKEN_EXPIRED)
+        if user.status != 1:
+            raise IggyError(Status.USER_INACTIVE)
+        session.user_id = user.id
+        return c.Identity(user_id=user.id).encode()
+
+    # ---- streams -----------------------------------------------------------------------
+    def get_stream(self, session: Session, req: c.GetStream) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        if stream is None:
+            return None
+        self._require(perm.stream_read(self._perms(session), stream.id))
+        topics = [self._topic_info(t) for _, t in sorted(stream.topics.items())]
+        return c.StreamDetails(stream=self._stream_info(stream), topics=topics).encode()
+
+    def get_streams(self, session: Session, req: c.GetStreams) -> bytes:
+        self._require(perm.streams_read(self._perms(session)))
+        return b"".join(self._stream_info(s).encode() for _, s in sorted(self.md.streams.items()))
+
+    def create_stream(self, session: Session, req: c.CreateStream) -> bytes:
+        self._require(perm.streams_manage(self._perms(session)))
+        stream = self.shard.apply(md.CreateStream(name=req.name, created_at_us=self.shard.clock_us()))
+        assert isinstance(stream, md.StreamMeta)
+        # A reused id must not inherit files of an earlier stream with that id.
+        shutil.rmtree(self.shard.stream_dir(stream.id), ignore_errors=True)
+        return self._stream_info(stream).encode()
+
+    def delete_stream(self, session: Session, req: c.DeleteStream) -> None:
+        stream = self._stream(req.stream_id)
+        self._require(perm.stream_manage(self._perms(session), stream.id))
+        doomed = [(t.id, sorted(t.partitions)) for t in stream.topics.values()]
+        self.shard.apply(md.DeleteStream(stream_id=stream.id))
+        for topic_id, pids in doomed:
+            self.shard.drop_topic_dirs(stream.id, topic_id, pids)
+            self.shard.balanced_counters.pop((stream.id, topic_id), None)
+        shutil.rmtree(self.shard.stream_dir(stream.id), ignore_errors=True)
+
+    def update_stream(self, session: Session, req: c.UpdateStream) -> None:
+        stream = self._stream(req.stream_id)
+        self._require(perm.stream_manage(self._perms(session), stream.id))
+        self.shard.apply(md.UpdateStream(stream_id=stream.id, name=req.name))
+
+    def purge_stream(self, session: Session, req: c.PurgeStream) -> None:
+        stream = self._stream(req.stream_id)
+        self._require(perm.stream_manage(self._perms(session), stream.id))
+        for topic in stream.topics.values():
+            for part in self.shard.topic_partitions(topic):
+                part.purge()
+
+    # ---- topics ------------------------------------------------------------------------
+    def get_topic(self, session: Session, req: c.GetTopic) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        topic = None if stream is None else self.md.topic(stream, req.topic_id)
+        if stream is None or topic is None:
+            return None
+        self._require(perm.topic_read(self._perms(session), stream.id, topic.id))
+        return self._topic_details(topic).encode()
+
+    def get_topics(self, session: Session, req: c.GetTopics) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        if stream is None:
+            return None
+        self._require(perm.topics_read(self._perms(session), stream.id))
+        return b"".join(self._topic_info(t).encode() for _, t in sorted(stream.topics.items()))
+
+    def create_topic(self, session: Session, req: c.CreateTopic) -> bytes:
+        stream = self._stream(req.stream_id)
+        self._require(perm.topic_create(self._perms(session), stream.id))
+        op = md.CreateTopic(
+            stream_id=stream.id,
+            name=req.name,
+            partitions_count=req.partitions_count,
+            compression_algorithm=req.compression_algorithm,
+            message_expiry=req.message_expiry,
+            max_topic_size=req.max_topic_size,
+            replication_factor=req.replication_factor,
+            created_at_us=self.shard.clock_us(),
+        )
+        topic = self.shard.apply(op)
+        assert isinstance(topic, md.TopicMeta)
+        shutil.rmtree(self.shard.topic_dir(stream.id, topic.id), ignore_errors=True)
+        for pid in sorted(topic.partitions):
+            self.shard.open_partition((stream.id, topic.id, pid))
+        return self._topic_details(topic).encode()
+
+    def delete_topic(self, session: Session, req: c.DeleteTopic) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        pids = sorted(topic.partitions)
+        self.shard.apply(md.DeleteTopic(stream_id=topic.stream_id, topic_id=topic.id))
+        self.shard.drop_topic_dirs(topic.stream_id, topic.id, pids)
+        self.shard.balanced_counters.pop((topic.stream_id, topic.id), None)
+
+    def update_topic(self, session: Session, req: c.UpdateTopic) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        self.shard.apply(
+            md.UpdateTopic(
+                stream_id=topic.stream_id,
+                topic_id=topic.id,
+                compression_algorithm=req.compression_algorithm,
+                message_expiry=req.message_expiry,
+                max_topic_size=req.max_topic_size,
+                replication_factor=req.replication_factor,
+                name=req.name,
+            )
+        )
+
+    def purge_topic(self, session: Session, req: c.PurgeTopic) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        for part in self.shard.topic_partitions(topic):
+            part.purge()
+
+    # ---- partitions and segments -------------------------------------------------------
+    def create_partitions(self, session: Session, req: c.CreatePartitions) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        before = set(topic.partitions)
+        self.shard.apply(
+            md.CreatePartitions(
+                stream_id=topic.stream_id,
+                topic_id=topic.id,
+                count=req.partitions_count,
+                created_at_us=self.shard.clock_us(),
+            )
+        )
+        for pid in sorted(set(topic.partitions) - before):
+            key = (topic.stream_id, topic.id, pid)
+            shutil.rmtree(self.shard.partition_dir(key), ignore_errors=True)
+            self.shard.open_partition(key)
+
+    def delete_partitions(self, session: Session, req: c.DeletePartitions) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        before = set(topic.partitions)
+        self.shard.apply(
+            md.DeletePartitions(stream_id=topic.stream_id, topic_id=topic.id, count=req.partitions_count)
+        )
+        for pid in sorted(before - set(topic.partitions)):
+            self.shard.drop_partition((topic.stream_id, topic.id, pid))
+
+    def delete_segments(self, session: Session, req: c.DeleteSegments) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
+        _, part = self._partition(topic, req.partition_id)
+        part.delete_segments(req.segments_count)
+
+    # ---- consumer groups ---------------------------------------------------------------
+    def get_consumer_group(self, session: Session, req: c.GetConsumerGroup) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        topic = None if stream is None else self.md.topic(stream, req.topic_id)
+        group = None if topic is None else self.md.group(topic, req.group_id)
+        if topic is None or group is None:
+            return None
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        members = [c.ConsumerGroupMember(id=m.id, partitions=list(m.partitions)) for m in group.members]
+        return c.ConsumerGroupDetails(group=self._group_info(group), members=members).encode()
+
+    def get_consumer_groups(self, session: Session, req: c.GetConsumerGroups) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        topic = None if stream is None else self.md.topic(stream, req.topic_id)
+        if topic is None:
+            return None
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        return b"".join(self._group_info(g).encode() for _, g in sorted(topic.groups.items()))
+
+    def create_consumer_group(self, session: Session, req: c.CreateConsumerGroup) -> bytes:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        group = self.shard.apply(
+            md.CreateConsumerGroup(stream_id=topic.stream_id, topic_id=topic.id, name=req.name)
+        )
+        assert isinstance(group, md.GroupMeta)
+        return self._group_info(group).encode()
+
+    def delete_consumer_group(self, session: Session, req: c.DeleteConsumerGroup) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        group = self.md.require_group(topic, req.group_id)
+        self.shard.apply(
+            md.DeleteConsumerGroup(stream_id=topic.stream_id, topic_id=topic.id, group_id=group.id)
+        )
+        for part in self.shard.topic_partitions(topic):
+            if part.get_offset(2, group.id) is not None:
+                part.delete_offset(2, group.id)
+
+    def join_consumer_group(self, session: Session, req: c.JoinConsumerGroup) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        group = self.md.require_group(topic, req.group_id)
+        self.md.join_group(topic, group.id, session.client_id)
+
+    def leave_consumer_group(self, session: Session, req: c.LeaveConsumerGroup) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        group = self.md.require_group(topic, req.group_id)
+        self.md.leave_group(topic, group.id, session.client_id)
+        session.group_partition.pop((topic.stream_id, topic.id, group.id), None)
+
+    # ---- consumer offsets --------------------------------------------------------------
+    def _offset_target(
+        self, session: Session, consumer: c.Consumer, topic: md.TopicMeta, partition_id: int | None
+    ) -> tuple[Partition, int, int]:
+        """Resolves (partition, kind, consumer key) for store/delete (section 3.7)."""
+        if consumer.kind == 1:
+            _, part = self._partition(topic, 0 if partition_id is None else partition_id)
+            return part, 1, consumer_key(consumer)
+        group = self.md.require_group(topic, consumer.id)
+        member = self.md.member_of(group, session.client_id)
+        if member is None:
+            raise IggyError(Status.CONSUMER_GROUP_MEMBER_NOT_FOUND)
+        if partition_id is None:
+            current = session.group_partition.get((topic.stream_id, topic.id, group.id))
+            if current is None or current not in member.partitions:
+                if not member.partitions:
+                    raise IggyError(Status.NOT_RESOLVED_CONSUMER)
+                current = member.partitions[0]
+            partition_id = current
+        elif partition_id not in member.partitions:
+            raise IggyError(Status.NOT_RESOLVED_CONSUMER)
+        _, part = self._partition(topic, partition_id)
+        return part, 2, group.id
+
+    def get_consumer_offset(self, session: Session, req: c.GetConsumerOffset) -> bytes | None:
+        stream = self.md.stream(req.stream_id)
+        topic = None if stream is None else self.md.topic(stream, req.topic_id)
+        if topic is None:
+            return None
+        self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
+        pid = 0 if req.partition_id is None else req.partition_id
+        key = (topic.stream_id, topic.id, pid)
+        part = self.shard.partitions.get(key)
+        if part is None:
+            return None
+        if req.consumer.kind == 1:
+            stored = part.get_offset(1, consumer_key(req.consumer))
+        else:
+            group = self.md.group(topic, req.consumer.id)
+            stored = None if group is None else part.get_offset(2, group.id)
+        if stored is None:
+            return None
+        return c.ConsumerOffsetInfo(
+            partition_id=pid, current_offset=part.current_offset, stored_offset=stored
+        ).encode()
+
+    def store_consumer_offset(self, session: Session, req: c.StoreConsumerOffset) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
+        part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
+        part.store_offset(kind, key, req.offset)
+
+    def delete_consumer_offset(self, session: Session, req: c.DeleteConsumerOffset) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
+        part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
+        part.delete_offset(kind, key)
+
+    # ---- messages ----------------------------------------------------------------------
+    def send_messages(self, session: Session, payload: memoryview, owned: bool) -> None:
+        header = c.SendMessagesHeader.decode(payload)
+        index = payload[header.index_offset : header.messages_offset]
+        messages = payload[header.messages_offset :]
+        if not owned:
+            # The journal keeps the batch buffer; a view of the connection's reusable read
+            # buffer would be overwritten by the next request.
+            messages = memoryview(bytearray(messages))
+        batch = wbatch.parse_send_batch(index, messages, header.messages_count)
+        topic = self._topic(header.stream_id, header.topic_id)
+        self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
+        pid = self._choose_partition(topic, header.partitioning)
+        key, part = self._partition(topic, pid)
+        part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
+        if self.fsync_always:
+            part.flush(fsync=True)
+        elif not part.unflushed_messages:
+            self.shard.mark_written(key)
+
+    def _choose_partition(self, topic: md.TopicMeta, partitioning: c.Partitioning) -> int:
+        count = len(topic.partitions)
+        kind = partitioning.kind
+        if kind == 2:
+            return int.from_bytes(partitioning.value, "little")
+        if count == 0:
+            raise IggyError(Status.TOPIC_ID_NOT_FOUND, "topic has no partitions")
+        if kind == 1:
+            tkey = (topic.stream_id, topic.id)
+            counter = self.shard.balanced_counters.get(tkey, 0)
+            self.shard.balanced_counters[tkey] = counter + 1
+            return counter % count
+        return xxhash.xxh32_intdigest(bytes(partitioning.value)) % count
+
+    def flush_unsaved_buffer(self, session: Session, req: c.FlushUnsavedBuffer) -> None:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
+        key, part = self._partition(topic, req.partition_id)
+        part.flush(fsync=bool(req.fsync))
+        if not req.fsync:
+            self.shard.mark_written(key)
+
+    def poll_messages(self, session: Session, req: c.PollMessages) -> Reply:
+        topic = self._topic(req.stream_id, req.topic_id)
+        self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
+        consumer = req.consumer
+        if consumer.kind == 1:
+            kind, ckey = 1, consumer_key(consumer)
+            pid = 0 if req.partition_id is None else req.partition_id
+        else:
+            group = self.md.require_group(topic, consumer.id)
+            member = self.md.member_of(group, session.client_id)
+            if member is None:
+                raise IggyError(Status.CONSUMER_GROUP_MEMBER_NOT_FOUND)
+            kind, ckey = 2, group.id
+            if req.partition_id is None:
+                chosen = self.md.next_partition(group, session.client_id)
+            else:
+                chosen = req.partition_id if req.partition_id in member.partitions else None
+            if chosen is None:
+                return self._poll_reply(c.PollHeader(0, 0, 0), [])
+            pid = chosen
+            session.group_partition[(topic.stream_id, topic.id, group.id)] = pid
+        _, part = self._partition(topic, pid)
+        start = self._poll_start(part, req, kind, ckey)
+        if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
+            return self._poll_reply(c.PollHeader(pid, part.current_offset, 0), [])
+        result = part.poll(start, req.count)
+        if req.auto_commit and result.count:
+            part.store_offset(kind, ckey, result.first_offset + result.count - 1)
+        return self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)
+
+    def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
+        strategy = req.strategy_kind
+        if strategy == 1:  # offset
+            return req.strategy_value
+        if strategy == 2:  # timestamp
+            return part.offset_for_timestamp(req.strategy_value)
+        if strategy == 3:  # first
+            return part.first_offset
+        if strategy == 4:  # last
+            n = min(req.count, part.current_offset + 1)
+            return max(part.first_offset, part.current_offset + 1 - n)
+        stored = part.get_offset(kind, ckey)  # next
+        return part.first_offset if stored is None else stored + 1
+
+    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes]) -> Reply:
+        head = header.encode()
+        total = len(head) + sum(len(ch) for ch in chunks)
+        return [framing.ok_header(total), head, *chunks]
