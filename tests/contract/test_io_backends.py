@@ -24,7 +24,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Fi
     yield io, root
 
 
-def test_file_given_pwritev_when_read_back_should_hold_buffers_back_to_back(backend: tuple[FileIO, Path]) -> None:
+def test_file_given_pwritev_when_read_back_should_hold_buffers_back_to_back(
+    backend: tuple[FileIO, Path],
+) -> None:
     io, root = backend
     f = io.open(root / "a")
     assert f.pwritev([b"abc", bytearray(b"de"), memoryview(b"fgh")], 0) == 8
@@ -34,7 +36,9 @@ def test_file_given_pwritev_when_read_back_should_hold_buffers_back_to_back(back
     f.close()
 
 
-def test_file_given_write_past_end_when_read_should_fill_the_hole_with_zeros(backend: tuple[FileIO, Path]) -> None:
+def test_file_given_write_past_end_when_read_should_fill_the_hole_with_zeros(
+    backend: tuple[FileIO, Path],
+) -> None:
     io, root = backend
     f = io.open(root / "a")
     f.pwrite(b"xy", 0)
@@ -51,7 +55,9 @@ def test_file_given_overwrite_when_read_should_see_new_bytes_only_there(backend:
     assert f.pread(10, 0) == b"0123abc789"
 
 
-def test_file_given_read_past_end_when_read_should_return_short_or_empty(backend: tuple[FileIO, Path]) -> None:
+def test_file_given_read_past_end_when_read_should_return_short_or_empty(
+    backend: tuple[FileIO, Path],
+) -> None:
     io, root = backend
     f = io.open(root / "a")
     f.pwrite(b"hello", 0)
@@ -68,7 +74,9 @@ def test_file_given_many_buffers_when_pwritev_should_write_past_iov_max(backend:
     assert f.pread(3 * len(parts), 7) == b"".join(parts)
 
 
-def test_file_given_numpy_structured_array_when_written_should_store_its_bytes(backend: tuple[FileIO, Path]) -> None:
+def test_file_given_numpy_structured_array_when_written_should_store_its_bytes(
+    backend: tuple[FileIO, Path],
+) -> None:
     import numpy as np
 
     from tidelog.wire.batch import INDEX_DTYPE
@@ -81,7 +89,9 @@ def test_file_given_numpy_structured_array_when_written_should_store_its_bytes(b
     assert f.pread(32, 0) == rows.tobytes()
 
 
-def test_file_given_truncate_when_shrunk_or_grown_should_cut_or_zero_fill(backend: tuple[FileIO, Path]) -> None:
+def test_file_given_truncate_when_shrunk_or_grown_should_cut_or_zero_fill(
+    backend: tuple[FileIO, Path],
+) -> None:
     io, root = backend
     f = io.open(root / "a")
     f.pwrite(b"abcdef", 0)
@@ -111,7 +121,9 @@ def test_file_given_closed_handle_when_used_should_raise_os_error(backend: tuple
         f.pwrite(b"x", 0)
 
 
-def test_io_given_missing_parent_when_opening_should_raise_file_not_found(backend: tuple[FileIO, Path]) -> None:
+def test_io_given_missing_parent_when_opening_should_raise_file_not_found(
+    backend: tuple[FileIO, Path],
+) -> None:
     io, root = backend
     with pytest.raises(FileNotFoundError):
         io.open(root / "nope" / "a")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,13 +42,15 @@ def encode(
     for i, payload in enumerate(payloads):
         message_id = ids[i] if ids else 0
         headers = user_headers[i] if user_headers else b""
-        area += HEADER.pack(0, message_id.to_bytes(16, "little"), 0, 0, origin_us, len(headers), len(payload), 0)
+        area += HEADER.pack(
+            0, message_id.to_bytes(16, "little"), 0, 0, origin_us, len(headers), len(payload), 0
+        )
         area += payload + headers
         index += struct.pack("<IIQ", 0, len(area), 0)
     return bytes(index), area
 
 
-def fields(batch: Batch, i: int) -> tuple[int, ...]:
+def fields(batch: Batch, i: int) -> tuple[Any, ...]:
     start = int(batch.ends[i - 1]) if i else 0
     return HEADER.unpack_from(batch.buf, start)
 
@@ -225,7 +229,9 @@ def test_stamp_given_injected_randomness_when_stamped_should_use_it_for_ids() ->
     assert raw == bytes([0xFF] * 6 + [0x4F, 0xFF, 0xBF] + [0xFF] * 7)
 
 
-def test_storage_index_given_stamped_batch_when_built_should_hold_relative_offsets_and_end_positions() -> None:
+def test_storage_index_given_stamped_batch_when_built_should_hold_relative_offsets_and_end_positions() -> (
+    None
+):
     index, area = encode([b"a", b"bb", b"ccc"])
     batch = parse_send_batch(index, area, 3)
     entries = storage_index(batch, relative_offset_base=10, position_base=1000, timestamp_us=42)
@@ -325,10 +331,8 @@ def test_batch_given_random_well_formed_batch_when_parsed_and_stamped_should_rou
 def test_parse_given_random_garbage_when_parsed_should_raise_only_iggy_error(
     index: bytes, area: bytes, count: int
 ) -> None:
-    try:
+    with contextlib.suppress(IggyError):
         parse_send_batch(index, area, count)
-    except IggyError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -350,8 +354,27 @@ def test_parse_given_random_positions_when_parsed_should_raise_only_iggy_error_o
 
 @settings(max_examples=100, deadline=None)
 @given(data=st.binary(max_size=800), verify=st.booleans())
-def test_scan_given_random_bytes_when_scanned_should_return_a_consistent_prefix(data: bytes, verify: bool) -> None:
+def test_scan_given_random_bytes_when_scanned_should_return_a_consistent_prefix(
+    data: bytes, verify: bool
+) -> None:
     ends, valid = scan_messages(data, verify)
     assert 0 <= valid <= len(data)
     assert (ends.tolist()[-1] if len(ends) else 0) == valid
     assert bool(np.all(np.diff(np.concatenate([[0], ends])) >= 64))
+
+
+def test_stamp_given_protocol_vector_9_6_when_stamped_should_give_the_9_7_stored_bytes() -> None:
+    ts = int.from_bytes(bytes.fromhex("e0d32218240a0600"), "little")
+    origin = int.from_bytes(bytes.fromhex("404d2118240a0600"), "little")
+    index, area = encode([b"hello", b"world"], ids=[1, 2], origin_us=origin)
+    batch = parse_send_batch(index, area, 2)
+    stamp(batch, 0, ts, os.urandom)
+    stored = (
+        "4e9d837ce1fea827010000000000000000000000000000000000000000000000e0d32218240a0600"
+        "404d2118240a060000000000050000000000000000000000"
+        "68656c6c6f"
+        "c6bd89fb4a2f2178020000000000000000000000000000000100000000000000e0d32218240a0600"
+        "404d2118240a060000000000050000000000000000000000"
+        "776f726c64"
+    )
+    assert bytes(batch.buf).hex() == stored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from pathlib import Path
@@ -99,7 +100,9 @@ def test_partition_given_journal_when_polled_should_share_the_appended_buffer(tm
     assert np.shares_memory(np.frombuffer(chunk, np.uint8), np.frombuffer(batch.buf, np.uint8))
 
 
-def test_partition_given_message_threshold_when_reached_should_flush_to_disk(io: FileIO, tmp_path: Path) -> None:
+def test_partition_given_message_threshold_when_reached_should_flush_to_disk(
+    io: FileIO, tmp_path: Path
+) -> None:
     config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=5)
     part = Partition.open(tmp_path / "p", 0, config, io)
     fill(part, 1, 4)
@@ -119,13 +122,15 @@ def test_partition_given_byte_threshold_when_reached_should_flush_to_disk(io: Fi
     assert part.unflushed_bytes == 0 and part.size_bytes == 328
 
 
-def test_partition_given_tiny_segments_when_filled_should_rotate_at_the_size(io: FileIO, tmp_path: Path) -> None:
+def test_partition_given_tiny_segments_when_filled_should_rotate_at_the_size(
+    io: FileIO, tmp_path: Path
+) -> None:
     part = Partition.open(tmp_path / "p", 0, TINY, io)
     fill(part, 12, 4)
     part.flush(fsync=False)
     segments = part.segments
     assert part.segments_count == len(segments) > 3
-    for prev, nxt in zip(segments, segments[1:], strict=False):
+    for prev, nxt in itertools.pairwise(segments):
         assert nxt.start_offset == prev.next_offset
         assert prev.sealed and prev.size_bytes >= TINY.segment_size_bytes
         # Soft limit: only the batch that crossed it went over.
@@ -172,7 +177,9 @@ def test_partition_given_zero_count_or_start_past_end_when_polled_should_be_empt
     assert part.poll(3, 10).count == 0 and part.poll(3, 10).chunks == []
 
 
-def test_partition_given_clock_going_back_when_appending_should_never_lower_timestamps(tmp_path: Path) -> None:
+def test_partition_given_clock_going_back_when_appending_should_never_lower_timestamps(
+    tmp_path: Path,
+) -> None:
     part = Partition.open(tmp_path / "p", 0, TINY)
     part.append(batch_of([b"a"]), 5_000, os.urandom)
     part.append(batch_of([b"b"]), 4_000, os.urandom)
@@ -274,7 +281,9 @@ def test_consumer_offsets_given_partition_lost_every_message_when_reopened_shoul
     assert again.next_offset == 0 and again.get_offset(CONSUMER_KIND, 2) is None
 
 
-def test_consumer_offsets_given_torn_latest_slot_when_reopened_should_keep_previous_value(tmp_path: Path) -> None:
+def test_consumer_offsets_given_torn_latest_slot_when_reopened_should_keep_previous_value(
+    tmp_path: Path,
+) -> None:
     part = Partition.open(tmp_path / "p", 0, TINY)
     fill(part, 1, 10)
     part.store_offset(CONSUMER_KIND, 9, 5)
@@ -347,7 +356,9 @@ def test_delete_oldest_sealed_segment_given_sealed_segments_when_asked_should_re
     assert part.size_bytes == size_before - freed
 
 
-def test_expire_given_old_sealed_segments_when_run_should_delete_only_expired(io: FileIO, tmp_path: Path) -> None:
+def test_expire_given_old_sealed_segments_when_run_should_delete_only_expired(
+    io: FileIO, tmp_path: Path
+) -> None:
     part = _sealed_partition(io, tmp_path)
     segments = part.segments
     now = segments[1].end_timestamp + 500
@@ -361,7 +372,9 @@ def test_expire_given_old_sealed_segments_when_run_should_delete_only_expired(io
     assert part.segments_count == 1
 
 
-def test_purge_given_data_and_offsets_when_purged_should_start_empty_at_zero(io: FileIO, tmp_path: Path) -> None:
+def test_purge_given_data_and_offsets_when_purged_should_start_empty_at_zero(
+    io: FileIO, tmp_path: Path
+) -> None:
     part = _sealed_partition(io, tmp_path)
     fill(part, 1, 2)
     part.store_offset(CONSUMER_KIND, 1, 3)
@@ -402,7 +415,9 @@ def test_fsync_given_fsync_on_flush_when_crashed_should_keep_flushed_messages(tm
     assert decode(again.poll(0, 100)) == [(o, payload(o)) for o in range(20)]
 
 
-def test_fsync_given_no_fsync_when_crashed_should_lose_unsynced_but_keep_explicitly_synced(tmp_path: Path) -> None:
+def test_fsync_given_no_fsync_when_crashed_should_lose_unsynced_but_keep_explicitly_synced(
+    tmp_path: Path,
+) -> None:
     io = MemIO()
     config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=4)
     part = Partition.open(tmp_path / "p", 0, config, io)

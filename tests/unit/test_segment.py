@@ -62,7 +62,9 @@ def test_segment_given_new_when_created_should_be_empty_with_files(io: FileIO, t
     assert io.exists(tmp_path / log_name(100)) and io.exists(tmp_path / index_name(100))
 
 
-def test_segment_given_appends_when_written_should_store_log_and_index_on_disk(io: FileIO, tmp_path: Path) -> None:
+def test_segment_given_appends_when_written_should_store_log_and_index_on_disk(
+    io: FileIO, tmp_path: Path
+) -> None:
     seg = Segment.create(io, tmp_path, 100)
     first = append(seg, [b"a", b"bb"], 10)
     second = append(seg, [b"ccc"], 20)
@@ -79,7 +81,9 @@ def test_segment_given_appends_when_written_should_store_log_and_index_on_disk(i
     assert ends.tolist() == index["position"].tolist() and valid == len(log)
 
 
-def test_segment_given_messages_when_reading_ranges_should_return_exact_bytes(io: FileIO, tmp_path: Path) -> None:
+def test_segment_given_messages_when_reading_ranges_should_return_exact_bytes(
+    io: FileIO, tmp_path: Path
+) -> None:
     seg = Segment.create(io, tmp_path, 50)
     payloads = [bytes([65 + i]) * (i + 1) for i in range(6)]
     append(seg, payloads[:4], 1)
@@ -93,7 +97,9 @@ def test_segment_given_messages_when_reading_ranges_should_return_exact_bytes(io
     assert seg.byte_range(51, 53) == (65, 66 + 67)
 
 
-def test_segment_given_timestamps_when_searched_should_find_first_at_or_after(io: FileIO, tmp_path: Path) -> None:
+def test_segment_given_timestamps_when_searched_should_find_first_at_or_after(
+    io: FileIO, tmp_path: Path
+) -> None:
     seg = Segment.create(io, tmp_path, 10)
     append(seg, [b"a", b"b"], 100)
     append(seg, [b"c"], 200)
@@ -105,7 +111,9 @@ def test_segment_given_timestamps_when_searched_should_find_first_at_or_after(io
     assert seg.offset_for_timestamp(301) is None
 
 
-def test_segment_given_many_appends_when_index_grows_should_keep_every_entry(io: FileIO, tmp_path: Path) -> None:
+def test_segment_given_many_appends_when_index_grows_should_keep_every_entry(
+    io: FileIO, tmp_path: Path
+) -> None:
     seg = Segment.create(io, tmp_path, 0)
     for i in range(30):
         append(seg, [b"x"] * 100, i)

@@ -11,6 +11,7 @@ reading pauses until it resolves, so a pipelining client cannot queue unbounded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +67,7 @@ class Connection(asyncio.BufferedProtocol):
         self._big_filled = 0
         self._big_code = 0
         self._busy = False  # a handler's awaitable is pending
+        self._pending: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
         self.closed = False
@@ -78,10 +80,8 @@ class Connection(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
         if sock is not None and self._nodelay:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self.transport.set_write_buffer_limits(high=self._high_bytes)
         self._handler.connection_made(self)
 
@@ -190,7 +190,8 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(result, Awaitable):
             self._busy = True
             self._update_reading()
-            asyncio.ensure_future(self._finish(code, result))
+            # Keep a reference: the loop holds tasks only weakly.
+            self._pending = asyncio.ensure_future(self._finish(code, result))
             return False
         self._write(result)
         return True

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import xxhash
-from numpy.lib.stride_tricks import as_strided
 
 from tidelog.wire.codes import (
     INDEX_ENTRY_SIZE,
@@ -121,7 +120,13 @@ class _Rows:
     def get(self, lo: int, hi: int) -> np.ndarray:
         assert 0 <= lo < hi <= MESSAGE_HEADER_SIZE
         if self.uniform_size:
-            return as_strided(self.a[lo:], shape=(self.count, hi - lo), strides=(self.uniform_size, 1))
+            return np.ndarray(
+                shape=(self.count, hi - lo),
+                dtype=np.uint8,
+                buffer=self.a,
+                offset=lo,
+                strides=(self.uniform_size, 1),
+            )
         return self.a[self.starts[:, None] + _COLUMNS[lo:hi]]
 
     def put(self, lo: int, values: np.ndarray, mask: np.ndarray | None = None) -> None:
