@@ -21,7 +21,7 @@ import struct
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
 
 from tidelog.permissions import Permissions
 from tidelog.wire.codes import (
@@ -33,6 +33,7 @@ from tidelog.wire.codes import (
     Status,
 )
 from tidelog.wire.commands import (
+    BytesLike,
     ChangePassword,
     ClientDetails,
     ClientInfo,
@@ -91,6 +92,7 @@ from tidelog.wire.commands import (
     StreamDetails,
     StreamInfo,
     TopicDetails,
+    TopicInfo,
     UpdatePermissions,
     UpdateStream,
     UpdateTopic,
@@ -408,8 +410,8 @@ class _Wire(asyncio.BufferedProtocol):
     # -- protocol callbacks --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCP transport quacks like asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
@@ -437,7 +439,9 @@ class _Wire(asyncio.BufferedProtocol):
             self._deliver(status, _EMPTY)
             return
         if length > self._max_reply_bytes:
-            self._fail(IggyConnectionError(f"reply of {length} bytes is over the {self._max_reply_bytes} limit"))
+            self._fail(
+                IggyConnectionError(f"reply of {length} bytes is over the {self._max_reply_bytes} limit")
+            )
             if self._transport is not None:
                 self._transport.abort()
             return
@@ -507,7 +511,7 @@ class _Wire(asyncio.BufferedProtocol):
         self._fail(IggyConnectionError("connection abandoned"))
 
     async def roundtrip(
-        self, head: bytes | memoryview, tail: bytes | memoryview | None, timeout_s: float | None
+        self, head: BytesLike, tail: BytesLike | None, timeout_s: float | None
     ) -> tuple[int, memoryview]:
         """Write one frame (``head`` then ``tail``) and wait for the one reply it gets."""
         transport = self._transport
@@ -548,7 +552,13 @@ class _Wire(asyncio.BufferedProtocol):
 # ---------------------------------------------------------------------------------------------
 # The client
 
-T = TypeVar("T")
+
+class _Decodable(Protocol):
+    @classmethod
+    def decode(cls, reader: Reader) -> Self: ...
+
+
+D = TypeVar("D", bound=_Decodable)
 
 
 class IggyClient:
@@ -598,6 +608,7 @@ class IggyClient:
         self._wire: _Wire | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._opened = False
         self.user_id: int | None = None
         self.requests_count = 0
         """Requests written so far (logins and retries included): cheap client-side metrics."""
@@ -657,8 +668,13 @@ class IggyClient:
         """Establish the first connection (a no-op when one is up)."""
         async with self._lock:
             if self._wire is None or not self._wire.usable:
-                tries = None if self.reconnect_retries is None else 1 + self.reconnect_retries
-                await self._establish(tries)
+                await self._first_connection()
+
+    async def _first_connection(self) -> _Wire:
+        tries = None if self.reconnect_retries is None else 1 + self.reconnect_retries
+        wire = await self._establish(tries)
+        self._opened = True
+        return wire
 
     async def close(self) -> None:
         """Close the connection; the client cannot be used afterwards."""
@@ -689,7 +705,9 @@ class IggyClient:
                 loop.create_connection(lambda: _Wire(max_reply), host, port), self.connect_timeout_s
             )
         except (OSError, TimeoutError) as exc:
-            raise IggyConnectionError(f"cannot connect to {self.address}: {exc or type(exc).__name__}") from exc
+            raise IggyConnectionError(
+                f"cannot connect to {self.address}: {exc or type(exc).__name__}"
+            ) from exc
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if self.nodelay else 0)
@@ -738,7 +756,9 @@ class IggyClient:
 
     async def _checked_on(self, wire: _Wire, code: int, payload: bytes) -> memoryview:
         self.requests_count += 1
-        status, body = await wire.roundtrip(encode_request_header(code, len(payload)) + payload, None, self.timeout_s)
+        status, body = await wire.roundtrip(
+            encode_request_header(code, len(payload)) + payload, None, self.timeout_s
+        )
         if status != Status.OK:
             raise IggyServerError(status, code)
         return body
@@ -755,9 +775,7 @@ class IggyClient:
         if self._wire is wire:
             self._wire = None
 
-    async def _exchange(
-        self, code: int, head: bytes | memoryview, tail: bytes | memoryview | None
-    ) -> tuple[int, memoryview]:
+    async def _exchange(self, code: int, head: BytesLike, tail: BytesLike | None) -> tuple[int, memoryview]:
         """Send one frame and return its reply; reconnect and retry once if the line drops."""
         async with self._lock:
             retried = False
@@ -768,7 +786,8 @@ class IggyClient:
                         raise IggyConnectionError("client is closed")
                     if wire is not None:
                         self._drop(wire)
-                    wire = await self._reconnect()
+                    # A client built with the constructor connects on its first request.
+                    wire = await (self._reconnect() if self._opened else self._first_connection())
                 self.requests_count += 1
                 try:
                     status, body = await wire.roundtrip(head, tail, self.timeout_s)
@@ -801,11 +820,11 @@ class IggyClient:
             raise IggyServerError(status, code)
         return body
 
-    async def _optional(self, cls: type[T], code: int, payload: bytes) -> T | None:
+    async def _optional(self, cls: type[D], code: int, payload: bytes) -> D | None:
         body = await self.request(code, payload)
         if not body:
             return None
-        return decode_record(cls, body)  # type: ignore[type-var, no-any-return]
+        return decode_record(cls, body)
 
     # -- system --------------------------------------------------------------------------------
 
@@ -821,7 +840,9 @@ class IggyClient:
         snapshot_types: Sequence[int] = (SnapshotType.ALL,),
     ) -> bytes:
         """The server's diagnostic snapshot: ZIP archive bytes."""
-        body = await self.request(Command.GET_SNAPSHOT, GetSnapshot(compression, tuple(snapshot_types)).encode())
+        body = await self.request(
+            Command.GET_SNAPSHOT, GetSnapshot(compression, tuple(snapshot_types)).encode()
+        )
         return bytes(body)
 
     async def get_cluster_metadata(self) -> ClusterMetadata:
@@ -859,7 +880,9 @@ class IggyClient:
     async def delete_user(self, user: int | str) -> None:
         await self.request(Command.DELETE_USER, DeleteUser(_ident(user)).encode())
 
-    async def update_user(self, user: int | str, username: str | None = None, status: int | None = None) -> None:
+    async def update_user(
+        self, user: int | str, username: str | None = None, status: int | None = None
+    ) -> None:
         await self.request(Command.UPDATE_USER, UpdateUser(_ident(user), username, status).encode())
 
     async def update_permissions(self, user: int | str, permissions: Permissions | None) -> None:
@@ -941,7 +964,14 @@ class IggyClient:
     ) -> tuple[PollHeader, memoryview]:
         """Poll without parsing messages: the reply header and a view of the message bytes."""
         request = PollMessages(
-            consumer, _ident(stream), _ident(topic), partition_id, strategy.kind, strategy.value, count, auto_commit
+            consumer,
+            _ident(stream),
+            _ident(topic),
+            partition_id,
+            strategy.kind,
+            strategy.value,
+            count,
+            auto_commit,
         )
         body = await self.request(Command.POLL_MESSAGES, request.encode())
         if len(body) < POLL_REPLY_HEADER_SIZE:
@@ -960,7 +990,14 @@ class IggyClient:
     ) -> PolledBatch:
         """Poll; the messages are views over the received buffer (copy what you keep long)."""
         request = PollMessages(
-            consumer, _ident(stream), _ident(topic), partition_id, strategy.kind, strategy.value, count, auto_commit
+            consumer,
+            _ident(stream),
+            _ident(topic),
+            partition_id,
+            strategy.kind,
+            strategy.value,
+            count,
+            auto_commit,
         )
         body = await self.request(Command.POLL_MESSAGES, request.encode())
         if len(body) < POLL_REPLY_HEADER_SIZE:
@@ -1005,7 +1042,9 @@ class IggyClient:
         return decode_list(StreamInfo, await self.request(Command.GET_STREAMS))
 
     async def create_stream(self, name: str) -> StreamInfo:
-        return decode_record(StreamInfo, await self.request(Command.CREATE_STREAM, CreateStream(name).encode()))
+        return decode_record(
+            StreamInfo, await self.request(Command.CREATE_STREAM, CreateStream(name).encode())
+        )
 
     async def update_stream(self, stream: int | str, name: str) -> None:
         await self.request(Command.UPDATE_STREAM, UpdateStream(_ident(stream), name).encode())
@@ -1024,7 +1063,9 @@ class IggyClient:
         )
 
     async def get_topics(self, stream: int | str) -> list[TopicInfo]:
-        return decode_list(TopicInfo, await self.request(Command.GET_TOPICS, GetTopics(_ident(stream)).encode()))
+        return decode_list(
+            TopicInfo, await self.request(Command.GET_TOPICS, GetTopics(_ident(stream)).encode())
+        )
 
     async def create_topic(
         self,
@@ -1077,12 +1118,14 @@ class IggyClient:
 
     async def create_partitions(self, stream: int | str, topic: int | str, partitions_count: int) -> None:
         await self.request(
-            Command.CREATE_PARTITIONS, CreatePartitions(_ident(stream), _ident(topic), partitions_count).encode()
+            Command.CREATE_PARTITIONS,
+            CreatePartitions(_ident(stream), _ident(topic), partitions_count).encode(),
         )
 
     async def delete_partitions(self, stream: int | str, topic: int | str, partitions_count: int) -> None:
         await self.request(
-            Command.DELETE_PARTITIONS, DeletePartitions(_ident(stream), _ident(topic), partitions_count).encode()
+            Command.DELETE_PARTITIONS,
+            DeletePartitions(_ident(stream), _ident(topic), partitions_count).encode(),
         )
 
     async def delete_segments(
@@ -1102,10 +1145,14 @@ class IggyClient:
         return await self._optional(ConsumerGroupDetails, Command.GET_CONSUMER_GROUP, payload)
 
     async def get_consumer_groups(self, stream: int | str, topic: int | str) -> list[ConsumerGroupInfo]:
-        body = await self.request(Command.GET_CONSUMER_GROUPS, GetConsumerGroups(_ident(stream), _ident(topic)).encode())
+        body = await self.request(
+            Command.GET_CONSUMER_GROUPS, GetConsumerGroups(_ident(stream), _ident(topic)).encode()
+        )
         return decode_list(ConsumerGroupInfo, body)
 
-    async def create_consumer_group(self, stream: int | str, topic: int | str, name: str) -> ConsumerGroupInfo:
+    async def create_consumer_group(
+        self, stream: int | str, topic: int | str, name: str
+    ) -> ConsumerGroupInfo:
         body = await self.request(
             Command.CREATE_CONSUMER_GROUP, CreateConsumerGroup(_ident(stream), _ident(topic), name).encode()
         )
@@ -1156,7 +1203,6 @@ __all__ = [
     "IggyTimeoutError",
     "PolledBatch",
     "PollingStrategy",
-    "Reader",
     "encode_send_frame",
     "parse_connection_string",
     "parse_duration_s",
