@@ -7,7 +7,7 @@ TCP_ADDRESS ?= 127.0.0.1:8090
 
 .PHONY: serve test lint venv dev-venv clean bench
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py src/tidelog/native/stamp.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .

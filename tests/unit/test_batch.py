@@ -13,6 +13,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tidelog.wire import batch as batch_module
 from tidelog.wire.batch import (
     INDEX_DTYPE,
     MESSAGE_HEADER_DTYPE,
@@ -28,6 +29,20 @@ from tidelog.wire.batch import (
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, IggyError, Status
 
 HEADER = struct.Struct("<Q16sQQQIIQ")
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both stamping paths: the C kernel and the numpy fallback."""
+    if request.param == "native":
+        try:
+            from tidelog import _stamp
+        except ImportError:
+            pytest.skip("C kernel tidelog._stamp not built")
+        monkeypatch.setattr(batch_module, "_native", _stamp)
+    else:
+        monkeypatch.setattr(batch_module, "_native", None)
+    return str(request.param)
 
 
 def encode(

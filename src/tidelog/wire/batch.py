@@ -12,13 +12,22 @@ both are kept lean on purpose:
 
 When every message of a batch has the same size (the usual producer case) the header fields
 are reached through a strided view over the buffer instead of fancy indexing: no copy at all.
+
+Stamping and checksum checks have a C kernel, `tidelog._stamp` (src/tidelog/native/stamp.c),
+built by `pip install -e .` when a compiler is at hand: one loop, GIL released, instead of a
+dozen numpy calls on small arrays and a Python call per checksum. It is optional: without it,
+or with TIDELOG_NO_NATIVE=1 in the environment at import, the numpy path below runs, and gives
+byte-identical results (tests/unit/test_batch_native.py holds the two to that). `NATIVE` says
+which path is active.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import xxhash
@@ -67,6 +76,21 @@ _HEADER = struct.Struct("<QQQQQQIIQ")
 assert _HEADER.size == MESSAGE_HEADER_SIZE
 
 _COLUMNS = np.arange(MESSAGE_HEADER_SIZE, dtype=np.int64)
+
+
+def _load_native() -> ModuleType | None:
+    if os.environ.get("TIDELOG_NO_NATIVE", "") not in ("", "0"):
+        return None
+    try:
+        from tidelog import _stamp
+    except ImportError:  # not built: no compiler at install time, or a plain source checkout
+        return None
+    return _stamp
+
+
+# Looked up at each call rather than bound once, so tests can switch paths in one process.
+_native = _load_native()
+NATIVE: bool = _native is not None
 
 
 @dataclass(slots=True)
@@ -214,10 +238,28 @@ def _checksums(buf: memoryview, starts: np.ndarray, ends: np.ndarray) -> np.ndar
 
 def stamp(batch: Batch, base_offset: int, timestamp_us: int, random_bytes: Callable[[int], bytes]) -> None:
     """Give each message its offset, the batch timestamp, an id where the client sent 0,
-    then its checksum (which covers the other three, so it comes last)."""
+    then its checksum (which covers the other three, so it comes last).
+
+    `random_bytes` is called once, for 16 bytes per zero id, and not at all when there are
+    none: both paths ask for exactly the same bytes.
+    """
     count = batch.count
     assert count > 0 and len(batch.ends) == count and not batch.buf.readonly
     assert base_offset >= 0 and timestamp_us >= 0
+    native = _native
+    if native is not None:
+        ends = np.ascontiguousarray(batch.ends, dtype=np.int64)
+        zeros = native.zero_ids(batch.buf, ends)
+        raw = random_bytes(16 * zeros) if zeros else None
+        native.stamp(batch.buf, ends, base_offset, timestamp_us, raw)
+        return
+    _stamp_numpy(batch, base_offset, timestamp_us, random_bytes)
+
+
+def _stamp_numpy(
+    batch: Batch, base_offset: int, timestamp_us: int, random_bytes: Callable[[int], bytes]
+) -> None:
+    count = batch.count
     a = np.frombuffer(batch.buf, dtype=np.uint8)
     starts = batch.starts()
     rows = _Rows(a, starts, batch.ends - starts)
@@ -310,6 +352,9 @@ def verify_checksums(buf: memoryview | bytes | bytearray, ends: np.ndarray) -> i
     if not len(ends):
         return -1
     mv = _as_bytes_view(buf)
+    native = _native
+    if native is not None:
+        return int(native.checksums_verify(mv, np.ascontiguousarray(ends, dtype=np.int64)))
     stored = header_u64(mv, ends, CHECKSUM_AT)
     bad = np.flatnonzero(_checksums(mv, _starts(ends), ends) != stored)
     return int(bad[0]) if bad.size else -1
