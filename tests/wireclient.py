@@ -219,11 +219,13 @@ class WireClient:
         self, stream: c.Identifier, topic: c.Identifier, partition: int, batch_count: int = 1000
     ) -> list[StoredMessage]:
         out: list[StoredMessage] = []
+        offset = 0
         while True:
-            _, messages = self.poll(stream, topic, partition, len(out), batch_count)
+            _, messages = self.poll(stream, topic, partition, offset, batch_count)
             if not messages:
                 return out
             out.extend(messages)
+            offset = messages[-1].offset + 1
 
     def client_count(self) -> int:
         """Connected clients as the server counts them (GetClients)."""

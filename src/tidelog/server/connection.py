@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
@@ -63,7 +64,7 @@ class Connection(asyncio.BufferedProtocol):
         self._small_view = memoryview(self._small)
         self._start = 0  # first unparsed byte in _small
         self._end = 0  # end of received bytes in _small
-        self._big: bytearray | None = None  # payload of one large frame being received
+        self._big: mmap.mmap | None = None  # payload of one large frame being received
         self._big_filled = 0
         self._big_code = 0
         self._busy = False  # a handler's awaitable is pending
@@ -156,7 +157,10 @@ class Connection(asyncio.BufferedProtocol):
                 break  # wait for the rest of a small frame
             # A large frame: give it its own exact-size buffer and receive into it directly.
             have = self._end - start - FRAME_HEADER_SIZE
-            big = bytearray(payload_len)
+            # Anonymous memory is committed page by page as bytes arrive (a bytearray is
+            # zero-filled at once), so a header declaring a huge payload costs the server
+            # only what the client really sends.
+            big = mmap.mmap(-1, payload_len)
             big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
             self._start = self._end = 0
             self._big, self._big_filled, self._big_code = big, have, code
