@@ -544,16 +544,17 @@ def test_server_given_clients_declaring_huge_payloads_when_idle_should_not_commi
 ) -> None:
     """A header costs 8 bytes to send; it must not make the server commit what it declares.
 
-    Each client declares a 100 MiB SendMessages payload (under the 128 MiB cap, no login
-    needed to get that far) and sends 300 KB of it.
+    Each logged-in client declares a 100 MiB SendMessages payload (under the 128 MiB cap) and
+    sends 300 KB of it.
     """
     clients, declared, sent = 6, 100 * 1024 * 1024, 300_000
     before = server_rss_bytes(world.srv)
     sockets = []
     for _ in range(clients):
-        s = socket.create_connection(("127.0.0.1", world.srv.port))
-        s.sendall(header_only(4 + declared, Command.SEND_MESSAGES) + bytes(sent))
-        sockets.append(s)
+        client = WireClient(world.srv.address)
+        client.login()
+        client.send_raw(header_only(4 + declared, Command.SEND_MESSAGES) + bytes(sent))
+        sockets.append(client)
     with logged_in(world) as check:
         check.ping()  # the server has taken in everything sent before this
     time.sleep(0.2)
@@ -567,6 +568,19 @@ def test_server_given_clients_declaring_huge_payloads_when_idle_should_not_commi
 
 
 # ---- awkward but valid framing ---------------------------------------------------------------------
+
+
+def test_server_given_client_not_logged_in_when_declaring_big_batch_should_answer_80_then_close(
+    world: World,
+) -> None:
+    """Before login every command is held to the 10 MiB control cap: the server answers at the
+    header instead of taking in up to 128 MiB only to reply 40."""
+    client = WireClient(world.srv.address, timeout_s=3)
+    with client:
+        client.send_raw(header_only(4 + 20 * 1024 * 1024, Command.SEND_MESSAGES))
+        assert client.read_reply()[0] == Status.INVALID_SIZE_BYTES
+        assert client.is_closed_by_server()
+    assert_healthy(world)
 
 
 def send_frame_of_total_size(world: World, total_bytes: int) -> tuple[bytes, bytes]:

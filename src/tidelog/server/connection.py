@@ -41,7 +41,7 @@ class CloseConnection(Exception):
 class Handler(Protocol):
     """What the connection needs from the dispatcher."""
 
-    def payload_limit(self, code: int) -> int: ...
+    def payload_limit(self, conn: Connection, code: int) -> int: ...
 
     def handle(
         self, conn: Connection, code: int, payload: memoryview, owned: bool
@@ -136,7 +136,7 @@ class Connection(asyncio.BufferedProtocol):
                 payload_len, code = framing.parse_request_header(
                     self._small_view[start : start + FRAME_HEADER_SIZE]
                 )
-                limit = self._handler.payload_limit(code)
+                limit = self._handler.payload_limit(self, code)
                 if payload_len > limit:
                     # Framing is lost for us (we will not buffer that much): say why, then close.
                     raise IggyError(Status.INVALID_SIZE_BYTES, f"payload {payload_len} > {limit}")

@@ -33,6 +33,7 @@ from tidelog.wire import batch as wbatch
 from tidelog.wire import commands as c
 from tidelog.wire import framing
 from tidelog.wire.codes import (
+    MAX_CONTROL_PAYLOAD_BYTES,
     MAX_TOKENS_PER_USER,
     PAT_NAME_LEN_MAX,
     PAT_NAME_LEN_MIN,
@@ -129,7 +130,12 @@ class Dispatcher:
         assert set(self.handlers) | data_plane == {int(x) for x in Command}
 
     # ---- connection.Handler ------------------------------------------------------------
-    def payload_limit(self, code: int) -> int:
+    def payload_limit(self, conn: Connection, code: int) -> int:
+        session = conn.session
+        if isinstance(session, Session) and session.user_id is None:
+            # Until it logs in, a client gets the control-plane cap on every command, so it
+            # cannot make the server take in a 128 MiB batch only to be told 40.
+            return framing.payload_limit(code, MAX_CONTROL_PAYLOAD_BYTES)
         return framing.payload_limit(code, self.send_limit_bytes)
 
     def connection_made(self, conn: Connection) -> None:

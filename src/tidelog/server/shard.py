@@ -74,6 +74,7 @@ class StartupReport:
     truncated_bytes: int = 0
     rebuilt_indexes: int = 0
     quarantined: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     root_created: bool = False
 
 
@@ -161,6 +162,7 @@ class Shard:
                     report.truncated_bytes += rec.truncated_bytes
                     report.rebuilt_indexes += rec.rebuilt_indexes
                     report.quarantined.extend(rec.quarantined)
+                    report.problems.extend(f"partition {key}: {p}" for p in rec.problems)
         self._remove_orphans(known)
         return report
 
