@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -14,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidelog.storage.io import MemIO
+from tidelog.storage.io import DirectIO, MemIO
 from tidelog.storage.partition import Partition, PartitionConfig, PollResult
 from tidelog.storage.recovery import QUARANTINE_DIR
-from tidelog.storage.segment import index_name, log_name
+from tidelog.storage.segment import DIRECT_SUFFIXES, index_name, log_name
+from tidelog.storage.writer import Writer
 from tidelog.wire.batch import INDEX_DTYPE, Batch, parse_send_batch, scan_messages
 
 HEADER = struct.Struct("<Q16sQQQIIQ")
@@ -373,3 +375,83 @@ def test_recovery_given_writer_killed_mid_stream_when_reopened_should_keep_every
     part = Partition.open(d, 0, PartitionConfig(segment_size_bytes=4096, verify_checksums_on_open=True))
     assert part.next_offset >= acknowledged
     assert decode(part.poll(0, acknowledged)) == expected(range(acknowledged))
+
+
+def test_recovery_given_direct_io_padding_left_by_a_crash_when_opened_should_cut_only_zeros(
+    tmp_path: Path,
+) -> None:
+    if not DirectIO.supported(tmp_path):
+        pytest.skip("the test directory's filesystem refuses O_DIRECT")
+    io = DirectIO(direct_suffixes=DIRECT_SUFFIXES)
+    with Writer() as w:
+        part = Partition.open(tmp_path / "p", 0, BIG, io, writer=w)
+        fill(part, 10)
+        part.flush(fsync=True)
+        logical = part.segments[-1].size_bytes
+        # What a crash leaves behind: the live files, padded to whole pages.
+        shutil.copytree(tmp_path / "p", tmp_path / "crashed")
+        part.close()
+    padded = (tmp_path / "crashed" / log_name(0)).stat().st_size
+    assert padded % 4096 == 0 and padded > logical
+    again = Partition.open(tmp_path / "crashed", 0, BIG, io)
+    r = again.recovery
+    assert again.next_offset == 10 and decode(again.poll(0, 100)) == expected(range(10))
+    assert r.truncated_bytes == padded - logical < 4096
+    assert all(q.read_bytes() == bytes(q.stat().st_size) for q in r.quarantined)  # zeros only
+    assert (tmp_path / "crashed" / log_name(0)).stat().st_size == logical
+    assert ends_of(tmp_path / "crashed") == again.segments[0].ends.tolist()
+
+
+DIRECT_WRITER = textwrap.dedent(
+    """
+    import os, struct, sys
+    from pathlib import Path
+    from tidelog.storage.io import DirectIO
+    from tidelog.storage.partition import Partition, PartitionConfig
+    from tidelog.storage.segment import DIRECT_SUFFIXES
+    from tidelog.storage.writer import Writer
+    from tidelog.wire.batch import parse_send_batch
+
+    HEADER = struct.Struct("<Q16sQQQIIQ")
+    config = PartitionConfig(segment_size_bytes=4096, flush_messages=1000)
+    io = DirectIO(direct_suffixes=DIRECT_SUFFIXES)
+    part = Partition.open(Path(sys.argv[1]), 0, config, io, writer=Writer())
+    while True:
+        base = part.next_offset
+        payloads = [b"payload-%d-" % (base + i) + b"q" * ((base + i) % 11) for i in range(3)]
+        index, area = bytearray(), bytearray()
+        for p in payloads:
+            area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(p), 0) + p
+            index += struct.pack("<IIQ", 0, len(area), 0)
+        part.append(parse_send_batch(index, area, 3), 1, os.urandom)
+        part.flush_async(True).result()
+        print(part.next_offset, flush=True)  # acknowledged: written and synced
+    """
+)
+
+
+def test_recovery_given_direct_io_writer_killed_when_reopened_should_keep_every_acknowledged_message(
+    tmp_path: Path,
+) -> None:
+    if not DirectIO.supported(tmp_path):
+        pytest.skip("the test directory's filesystem refuses O_DIRECT")
+    d = tmp_path / "p"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DIRECT_WRITER, str(d)], stdout=subprocess.PIPE, text=True, env={**os.environ}
+    )
+    assert proc.stdout is not None
+    acknowledged = 0
+    deadline = time.monotonic() + 20
+    while acknowledged < 150 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acknowledged = int(line)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert acknowledged >= 150
+    config = PartitionConfig(segment_size_bytes=4096, verify_checksums_on_open=True)
+    part = Partition.open(d, 0, config, DirectIO(direct_suffixes=DIRECT_SUFFIXES))
+    assert part.next_offset >= acknowledged and part.segments_count > 1
+    assert decode(part.poll(0, acknowledged)) == expected(range(acknowledged))
+    assert all(q.read_bytes() == bytes(q.stat().st_size) for q in part.recovery.quarantined)

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import struct
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from tidelog.storage.io import BufferedIO, FileIO, MemIO
+from tidelog.storage.io import BufferedIO, DirectIO, File, FileIO, MemIO
 from tidelog.storage.partition import CONSUMER_KIND, GROUP_KIND, Partition, PartitionConfig, PollResult
 from tidelog.storage.segment import log_name
+from tidelog.storage.writer import Writer
 from tidelog.wire.batch import Batch, parse_send_batch, scan_messages
 from tidelog.wire.codes import IggyError, Status
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 HEADER = struct.Struct("<Q16sQQQIIQ")
 TINY = PartitionConfig(segment_size_bytes=1000, flush_messages=8, flush_bytes=1 << 20)
 # Batches of 3 such messages take 225..249 bytes: 3 batches fill a segment, 2 do not, so after
 # a flush the next batch stays in the journal.
 JOURNALED = PartitionConfig(segment_size_bytes=600, flush_messages=1000)
+# Nothing is flushed until asked.
+MANUAL = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000)
 
 
 def encode(payloads: list[bytes]) -> tuple[bytes, bytearray]:
@@ -63,13 +73,30 @@ def decode(result: PollResult) -> list[tuple[int, bytes]]:
     return out
 
 
-@pytest.fixture(params=["buffered", "mem"])
-def io(request: pytest.FixtureRequest) -> FileIO:
+@pytest.fixture(params=["buffered", "direct", "mem"])
+def io(request: pytest.FixtureRequest, tmp_path: Path) -> FileIO:
+    if request.param == "direct":
+        if not DirectIO.supported(tmp_path):
+            pytest.skip("the test directory's filesystem refuses O_DIRECT")
+        return DirectIO()  # every file direct, consumer offsets included: the widest test
     return BufferedIO() if request.param == "buffered" else MemIO()
 
 
-def test_partition_given_new_directory_when_opened_should_be_empty(io: FileIO, tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 3, TINY, io)
+@pytest.fixture(params=["sync", "writer"])
+def writer(request: pytest.FixtureRequest) -> Iterator[Writer | None]:
+    """No writer (flushes run inline) or a writer thread (flushes are jobs)."""
+    if request.param == "sync":
+        yield None
+        return
+    w = Writer()
+    yield w
+    w.close()
+
+
+def test_partition_given_new_directory_when_opened_should_be_empty(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 3, TINY, io, writer=writer)
     assert part.partition_id == 3
     assert (part.current_offset, part.next_offset, part.messages_count, part.size_bytes) == (0, 0, 0, 0)
     assert part.is_empty and part.segments_count == 1 and part.first_offset == 0
@@ -79,9 +106,9 @@ def test_partition_given_new_directory_when_opened_should_be_empty(io: FileIO, t
 
 
 def test_partition_given_appends_below_thresholds_when_polled_should_serve_from_journal(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     fill(part, 2, 3)
     assert part.unflushed_messages == 6 and part.unflushed_bytes == part.size_bytes > 0
     assert part.current_offset == 5 and part.messages_count == 6
@@ -91,8 +118,10 @@ def test_partition_given_appends_below_thresholds_when_polled_should_serve_from_
     assert decode(result) == [(o, payload(o)) for o in range(1, 5)]
 
 
-def test_partition_given_journal_when_polled_should_share_the_appended_buffer(tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY)
+def test_partition_given_journal_when_polled_should_share_the_appended_buffer(
+    tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, writer=writer)
     batch = batch_of([b"a", b"b", b"c"])
     part.append(batch, 1, os.urandom)
     (chunk,) = part.poll(1, 1).chunks
@@ -113,9 +142,11 @@ def test_partition_given_message_threshold_when_reached_should_flush_to_disk(
     assert len(scan_messages(log, True, 0)[0]) == 5
 
 
-def test_partition_given_byte_threshold_when_reached_should_flush_to_disk(io: FileIO, tmp_path: Path) -> None:
+def test_partition_given_byte_threshold_when_reached_should_flush_to_disk(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
     config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000, flush_bytes=300)
-    part = Partition.open(tmp_path / "p", 0, config, io)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
     part.append(batch_of([b"x" * 100]), 1, os.urandom)
     assert part.unflushed_bytes == 164
     part.append(batch_of([b"y" * 100]), 1, os.urandom)
@@ -123,9 +154,9 @@ def test_partition_given_byte_threshold_when_reached_should_flush_to_disk(io: Fi
 
 
 def test_partition_given_tiny_segments_when_filled_should_rotate_at_the_size(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     fill(part, 12, 4)
     part.flush(fsync=False)
     segments = part.segments
@@ -142,9 +173,9 @@ def test_partition_given_tiny_segments_when_filled_should_rotate_at_the_size(
 
 
 def test_partition_given_disk_and_journal_when_polled_at_every_boundary_should_return_exact_messages(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, JOURNALED, io)
+    part = Partition.open(tmp_path / "p", 0, JOURNALED, io, writer=writer)
     fill(part, 7, 3)
     part.flush(fsync=False)  # several flushed segments
     fill(part, 1, 3)  # plus a journal that stays in memory
@@ -170,8 +201,10 @@ def test_partition_given_span_over_segments_when_polled_should_read_once_per_seg
     assert result.first_offset == 0 and result.count == part.next_offset
 
 
-def test_partition_given_zero_count_or_start_past_end_when_polled_should_be_empty(tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY)
+def test_partition_given_zero_count_or_start_past_end_when_polled_should_be_empty(
+    tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, writer=writer)
     fill(part, 1, 3)
     assert part.poll(0, 0).count == 0
     assert part.poll(3, 10).count == 0 and part.poll(3, 10).chunks == []
@@ -179,8 +212,9 @@ def test_partition_given_zero_count_or_start_past_end_when_polled_should_be_empt
 
 def test_partition_given_clock_going_back_when_appending_should_never_lower_timestamps(
     tmp_path: Path,
+    writer: Writer | None,
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY)
+    part = Partition.open(tmp_path / "p", 0, TINY, writer=writer)
     part.append(batch_of([b"a"]), 5_000, os.urandom)
     part.append(batch_of([b"b"]), 4_000, os.urandom)
     data = b"".join(bytes(c) for c in part.poll(0, 2).chunks)
@@ -189,9 +223,9 @@ def test_partition_given_clock_going_back_when_appending_should_never_lower_time
 
 
 def test_partition_given_timestamps_when_searched_should_find_first_at_or_after(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, JOURNALED, io)
+    part = Partition.open(tmp_path / "p", 0, JOURNALED, io, writer=writer)
     # Batch b gets timestamp 1000 + 10 b and offsets 3b..3b+2.
     fill(part, 9, 3, now_us=1_000)
     part.flush(fsync=False)
@@ -205,15 +239,15 @@ def test_partition_given_timestamps_when_searched_should_find_first_at_or_after(
 
 
 def test_partition_given_data_when_reopened_should_restore_counts_sizes_and_offsets(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     fill(part, 7, 3)
     part.store_offset(CONSUMER_KIND, 7, 10)
     part.store_offset(GROUP_KIND, 7, 4)
     before = (part.next_offset, part.messages_count, part.size_bytes, part.segments_count)
     part.close()
-    again = Partition.open(tmp_path / "p", 0, TINY, io)
+    again = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     assert (again.next_offset, again.messages_count, again.size_bytes, again.segments_count) == before
     assert again.recovery.messages == before[1] and again.recovery.truncated_bytes == 0
     assert again.get_offset(CONSUMER_KIND, 7) == 10 and again.get_offset(GROUP_KIND, 7) == 4
@@ -222,8 +256,10 @@ def test_partition_given_data_when_reopened_should_restore_counts_sizes_and_offs
     assert decode(again.poll(21, 5)) == [(21, payload(21)), (22, payload(22))]
 
 
-def test_consumer_offsets_given_store_get_delete_when_used_should_keep_kinds_apart(tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY)
+def test_consumer_offsets_given_store_get_delete_when_used_should_keep_kinds_apart(
+    tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, writer=writer)
     fill(part, 1, 5)
     assert part.get_offset(CONSUMER_KIND, 1) is None
     part.store_offset(CONSUMER_KIND, 1, 3)
@@ -251,33 +287,36 @@ def test_consumer_offsets_given_offset_past_current_when_stored_should_fail_with
     assert part.get_offset(CONSUMER_KIND, 1) == 1
 
 
-def test_consumer_offsets_given_lost_messages_when_reopened_should_clamp_to_current(tmp_path: Path) -> None:
+def test_consumer_offsets_given_lost_messages_when_reopened_should_clamp_to_current(
+    tmp_path: Path, writer: Writer | None
+) -> None:
     io = MemIO()
     config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000, fsync_on_flush=True)
-    part = Partition.open(tmp_path / "p", 0, config, io)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
     fill(part, 1, 5)
     part.flush(fsync=True)
     fill(part, 1, 5)  # offsets 5..9 stay in the journal
     part.store_offset(CONSUMER_KIND, 2, 8)
     part.store_offset(GROUP_KIND, 3, 2)
     io.crash()
-    again = Partition.open(tmp_path / "p", 0, config, io)
+    again = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
     assert again.current_offset == 4
     assert again.get_offset(CONSUMER_KIND, 2) == 4 and again.get_offset(GROUP_KIND, 3) == 2
     io.crash()
-    assert Partition.open(tmp_path / "p", 0, config, io).get_offset(CONSUMER_KIND, 2) == 4
+    assert Partition.open(tmp_path / "p", 0, config, io, writer=writer).get_offset(CONSUMER_KIND, 2) == 4
 
 
 def test_consumer_offsets_given_partition_lost_every_message_when_reopened_should_drop_them(
     tmp_path: Path,
+    writer: Writer | None,
 ) -> None:
     io = MemIO()
     config = PartitionConfig(segment_size_bytes=1 << 20, fsync_on_flush=True)
-    part = Partition.open(tmp_path / "p", 0, config, io)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
     fill(part, 1, 3)
     part.store_offset(CONSUMER_KIND, 2, 1)
     io.crash()
-    again = Partition.open(tmp_path / "p", 0, config, io)
+    again = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
     assert again.next_offset == 0 and again.get_offset(CONSUMER_KIND, 2) is None
 
 
@@ -310,8 +349,8 @@ def test_consumer_offsets_given_reference_u64_file_when_opened_should_read_it(tm
     assert Partition.open(tmp_path / "p", 0, TINY).get_offset(GROUP_KIND, 4) == 6
 
 
-def _sealed_partition(io: FileIO, tmp_path: Path) -> Partition:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+def _sealed_partition(io: FileIO, tmp_path: Path, writer: Writer | None = None) -> Partition:
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     for b in range(12):
         fill(part, 1, 4, now_us=1_000 * (b + 1))
     part.flush(fsync=False)
@@ -320,9 +359,9 @@ def _sealed_partition(io: FileIO, tmp_path: Path) -> Partition:
 
 
 def test_delete_segments_given_no_stored_offsets_when_asked_should_delete_oldest_sealed_only(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = _sealed_partition(io, tmp_path)
+    part = _sealed_partition(io, tmp_path, writer)
     segments = part.segments
     assert part.delete_segments(2) == 2
     assert part.first_offset == segments[2].start_offset
@@ -334,9 +373,9 @@ def test_delete_segments_given_no_stored_offsets_when_asked_should_delete_oldest
 
 
 def test_delete_segments_given_stored_offset_when_asked_should_keep_unconsumed_segments(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = _sealed_partition(io, tmp_path)
+    part = _sealed_partition(io, tmp_path, writer)
     segments = part.segments
     part.store_offset(CONSUMER_KIND, 1, segments[1].end_offset)
     part.store_offset(GROUP_KIND, 1, segments[2].end_offset - 1)
@@ -346,9 +385,9 @@ def test_delete_segments_given_stored_offset_when_asked_should_keep_unconsumed_s
 
 
 def test_delete_oldest_sealed_segment_given_sealed_segments_when_asked_should_return_freed_bytes(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = _sealed_partition(io, tmp_path)
+    part = _sealed_partition(io, tmp_path, writer)
     size_before = part.size_bytes
     oldest = part.segments[0]
     freed = part.delete_oldest_sealed_segment()
@@ -357,9 +396,9 @@ def test_delete_oldest_sealed_segment_given_sealed_segments_when_asked_should_re
 
 
 def test_expire_given_old_sealed_segments_when_run_should_delete_only_expired(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = _sealed_partition(io, tmp_path)
+    part = _sealed_partition(io, tmp_path, writer)
     segments = part.segments
     now = segments[1].end_timestamp + 500
     assert part.expire(now, expiry_us=500) == 2
@@ -373,9 +412,9 @@ def test_expire_given_old_sealed_segments_when_run_should_delete_only_expired(
 
 
 def test_purge_given_data_and_offsets_when_purged_should_start_empty_at_zero(
-    io: FileIO, tmp_path: Path
+    io: FileIO, tmp_path: Path, writer: Writer | None
 ) -> None:
-    part = _sealed_partition(io, tmp_path)
+    part = _sealed_partition(io, tmp_path, writer)
     fill(part, 1, 2)
     part.store_offset(CONSUMER_KIND, 1, 3)
     part.purge()
@@ -385,19 +424,23 @@ def test_purge_given_data_and_offsets_when_purged_should_start_empty_at_zero(
     fill(part, 1, 2)
     assert decode(part.poll(0, 10)) == [(0, payload(0)), (1, payload(1))]
     part.close()
-    again = Partition.open(tmp_path / "p", 0, TINY, io)
+    again = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     assert again.next_offset == 2 and again.get_offset(CONSUMER_KIND, 1) is None
 
 
-def test_close_given_journal_when_closed_should_flush_it(io: FileIO, tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+def test_close_given_journal_when_closed_should_flush_it(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     fill(part, 1, 3)
     part.close()
-    assert Partition.open(tmp_path / "p", 0, TINY, io).next_offset == 3
+    assert Partition.open(tmp_path / "p", 0, TINY, io, writer=writer).next_offset == 3
 
 
-def test_destroy_given_partition_when_destroyed_should_remove_directory(io: FileIO, tmp_path: Path) -> None:
-    part = Partition.open(tmp_path / "p", 0, TINY, io)
+def test_destroy_given_partition_when_destroyed_should_remove_directory(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
     fill(part, 1, 3)
     part.store_offset(CONSUMER_KIND, 1, 1)
     part.destroy()
@@ -426,3 +469,341 @@ def test_fsync_given_no_fsync_when_crashed_should_lose_unsynced_but_keep_explici
     fill(part, 1, 4)  # flushed, not synced
     io.crash()
     assert Partition.open(tmp_path / "p", 0, config, io).next_offset == 4
+
+
+# ---- with a writer thread ---------------------------------------------------------------
+
+
+class Stepper:
+    """A writer that runs exactly one job per `step()`, so "in flight" is deterministic."""
+
+    def __init__(self, max_jobs: int = 64) -> None:
+        self._done = threading.Semaphore(0)
+        self.writer = Writer(on_complete=self._completed, max_jobs=max_jobs)
+        self.writer.pause()
+
+    def _completed(self) -> None:
+        # Pause before telling the test, so its next resume() cannot be lost.
+        self.writer.pause()
+        self._done.release()
+
+    def step(self) -> None:
+        self.writer.resume()
+        assert self._done.acquire(timeout=5), "no job completed"
+
+
+@pytest.fixture
+def stepper() -> Iterator[Stepper]:
+    s = Stepper()
+    yield s
+    s.writer.close()
+
+
+def read_independently(io: FileIO, path: Path) -> bytes:
+    """The file's bytes as another process would see them (not through the partition)."""
+    return io.read_file(path) if isinstance(io, MemIO) else path.read_bytes()
+
+
+def check_every_boundary(part: Partition) -> None:
+    total = part.next_offset
+    for start in range(total + 2):
+        for count in (1, 2, 4, 7, 100):
+            got = decode(part.poll(start, count))
+            assert got == [(o, payload(o)) for o in range(start, min(start + count, total))], (start, count)
+
+
+def test_partition_given_jobs_in_flight_when_polled_at_every_boundary_should_return_exact_messages(
+    io: FileIO, tmp_path: Path, stepper: Stepper
+) -> None:
+    # No tail cache: once written, messages must come back from the files.
+    config = PartitionConfig(segment_size_bytes=600, flush_messages=6, cache_bytes=0)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=stepper.writer)
+    fill(part, 7, 3)  # flushes submitted and held back
+    assert part.pending_jobs >= 3 and part.written_offset == 0
+    assert part.segments_count > 1  # rotations were decided at submit time
+    assert read_independently(io, tmp_path / "p" / log_name(0)) == b""
+    check_every_boundary(part)
+    while part.pending_jobs:
+        stepper.step()
+        part.reap()
+        check_every_boundary(part)
+    assert part.written_offset == part.next_offset - part.unflushed_messages
+    result = part.poll(0, part.written_offset)
+    assert all(isinstance(c, bytes) for c in result.chunks)  # from the files, not from memory
+    assert decode(result) == [(o, payload(o)) for o in range(part.written_offset)]
+
+
+def test_partition_given_writer_when_appending_past_thresholds_should_return_before_the_write(
+    tmp_path: Path, stepper: Stepper
+) -> None:
+    io = MemIO()
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=5)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=stepper.writer)
+    fill(part, 2, 3)
+    assert part.unflushed_messages == 0 and part.pending_jobs == 1
+    assert io.read_file(tmp_path / "p" / log_name(0)) == b""
+    stepper.step()
+    part.reap()
+    assert len(scan_messages(io.read_file(tmp_path / "p" / log_name(0)), True, 0)[0]) == 6
+
+
+def test_flush_async_given_held_job_when_awaited_should_resolve_only_once_the_file_holds_the_data(
+    io: FileIO, tmp_path: Path, stepper: Stepper
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, JOURNALED, io, writer=stepper.writer)
+    fill(part, 1, 3)
+    done = part.flush_async(fsync=False)
+    fill(part, 1, 2)  # after the call: not covered
+    assert not done.done()
+    path = tmp_path / "p" / log_name(0)
+    assert read_independently(io, path) == b""
+    stepper.step()
+    done.result(timeout=5)
+    ends, _ = scan_messages(read_independently(io, path), True, 0)
+    assert len(ends) == 3  # DirectIO pads the file with zeros, which the scan stops at
+    assert part.unflushed_messages == 2
+
+
+def test_flush_async_given_nothing_new_when_called_should_share_the_last_job_or_be_done(
+    tmp_path: Path, stepper: Stepper
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, JOURNALED, MemIO(), writer=stepper.writer)
+    assert part.flush_async(fsync=False).done() and part.flush_async(fsync=True).done()
+    fill(part, 1, 3)
+    first = part.flush_async(fsync=False)
+    assert part.flush_async(fsync=False) is first and not first.done()
+    stepper.step()
+    first.result(timeout=5)
+
+
+class FaultyIO(MemIO):
+    """MemIO that counts fdatasyncs per file name and fails writes on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_writes = False
+        self.syncs: dict[str, int] = {}
+
+    def open(self, path: Path) -> File:
+        return _FaultyFile(self, path.name, super().open(path))
+
+
+class _FaultyFile(File):
+    def __init__(self, io: FaultyIO, name: str, inner: File) -> None:
+        self._io, self._name, self._inner = io, name, inner
+
+    def pwritev(self, buffers: Sequence[ReadableBuffer], offset: int) -> int:
+        if self._io.fail_writes:
+            raise OSError(errno.EIO, "injected write error")
+        return self._inner.pwritev(buffers, offset)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return self._inner.pread(length, offset)
+
+    def fdatasync(self) -> None:
+        self._io.syncs[self._name] = self._io.syncs.get(self._name, 0) + 1
+        self._inner.fdatasync()
+
+    def truncate(self, length: int) -> None:
+        self._inner.truncate(length)
+
+    def size(self) -> int:
+        return self._inner.size()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def test_flush_async_given_concurrent_sync_callers_when_a_sync_is_queued_should_share_one_fsync(
+    tmp_path: Path, stepper: Stepper
+) -> None:
+    io = FaultyIO()
+    part = Partition.open(tmp_path / "p", 0, MANUAL, io, writer=stepper.writer)
+    fill(part, 1, 2)
+    first = part.flush_async(fsync=True)
+    assert part.flush_async(fsync=True) is first  # nothing new: the queued sync covers it
+    later = []
+    for _ in range(3):  # each caller appends, then asks for a sync while one is queued
+        fill(part, 1, 2)
+        later.append(part.flush_async(fsync=True))
+    assert later[0] is later[1] is later[2] and part.pending_jobs == 1
+    stepper.step()
+    part.reap()  # retires the first sync and submits the shared one
+    assert first.done() and not later[0].done() and part.pending_jobs == 1
+    stepper.step()
+    later[0].result(timeout=5)
+    assert io.syncs[log_name(0)] == 2 and stepper.writer.jobs_done == 2
+    io.crash()
+    again = Partition.open(tmp_path / "p", 0, MANUAL, io)
+    assert decode(again.poll(0, 100)) == [(o, payload(o)) for o in range(8)]
+
+
+def test_flush_given_writer_when_a_sync_is_outstanding_should_block_until_the_next_sync_is_done(
+    tmp_path: Path,
+) -> None:
+    io = FaultyIO()
+    with Writer() as w:
+        part = Partition.open(tmp_path / "p", 0, MANUAL, io, writer=w)
+        fill(part, 1, 2)
+        part.flush_async(fsync=True)
+        fill(part, 1, 2)
+        part.flush(fsync=True)  # must drive reap() itself to get the shared sync submitted
+        assert part.pending_jobs == 0 and part.written_offset == 4
+        io.crash()
+    assert Partition.open(tmp_path / "p", 0, MANUAL, io).next_offset == 4
+
+
+def test_partition_given_tail_cache_when_much_was_written_should_bound_memory_and_poll_right(
+    io: FileIO, tmp_path: Path
+) -> None:
+    config = PartitionConfig(segment_size_bytes=2000, flush_messages=6, cache_bytes=1000)
+    with Writer() as w:
+        part = Partition.open(tmp_path / "p", 0, config, io, writer=w)
+        fill(part, 40, 3)  # about 9.5 KB, across several segments
+        part.flush(fsync=False)
+        assert 0 < part.held_bytes <= config.cache_bytes
+        check_every_boundary(part)
+        tail = part.poll(part.next_offset - 3, 3)
+        assert tail.chunks and all(isinstance(c, memoryview) for c in tail.chunks)  # from memory
+        assert all(isinstance(c, bytes) for c in part.poll(0, 3).chunks)  # from the files
+        fill(part, 1, 3)
+        assert decode(part.poll(part.next_offset - 6, 6)) == [
+            (o, payload(o)) for o in range(part.next_offset - 6, part.next_offset)
+        ]
+
+
+def test_partition_given_writer_and_no_explicit_reap_when_appending_should_still_bound_memory(
+    tmp_path: Path,
+) -> None:
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=3, cache_bytes=500)
+    with Writer() as w:
+        part = Partition.open(tmp_path / "p", 0, config, MemIO(), writer=w)
+        for _ in range(60):
+            fill(part, 1, 3)
+            part.flush_async(fsync=False).result(timeout=5)
+        # append() reaps what completed, so only the cache and the last job stay held.
+        assert part.held_bytes <= config.cache_bytes + 300
+
+
+def test_partition_given_failing_writes_when_flushed_should_raise_once_refuse_writes_and_keep_data(
+    tmp_path: Path, writer: Writer | None
+) -> None:
+    io = FaultyIO()
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=6)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
+    fill(part, 1, 3)
+    io.fail_writes = True
+    if writer is None:
+        with pytest.raises(OSError, match="injected"):
+            fill(part, 1, 3)  # the flush runs inside append
+    else:
+        fill(part, 1, 3)  # the flush is only submitted
+        done = part.flush_async(fsync=False)
+        assert isinstance(done.exception(timeout=5), OSError)
+        with pytest.raises(OSError, match="injected"):
+            part.reap()
+        part.reap()  # raised once
+    assert part.failed
+    with pytest.raises(OSError, match="earlier write failed"):
+        fill(part, 1, 3)
+    with pytest.raises(OSError, match="earlier write failed"):
+        part.flush_async(fsync=True)
+    assert decode(part.poll(0, 100)) == [(o, payload(o)) for o in range(6)]  # still in memory
+    with pytest.raises(OSError):
+        part.close()
+
+
+def test_partition_given_failed_job_when_later_jobs_queued_should_not_write_past_the_hole(
+    tmp_path: Path, stepper: Stepper
+) -> None:
+    io = FaultyIO()
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=3)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=stepper.writer)
+    fill(part, 1, 3)  # job 1
+    fill(part, 1, 3)  # job 2
+    io.fail_writes = True
+    stepper.step()  # job 1 fails
+    io.fail_writes = False
+    stepper.step()  # job 2 must not run: its bytes would land after a hole
+    with pytest.raises(OSError):
+        part.reap()
+    assert io.read_file(tmp_path / "p" / log_name(0)) == b""
+
+
+@pytest.mark.parametrize("action", ["close", "destroy", "purge", "delete_segments"])
+def test_partition_given_held_jobs_when_closing_or_deleting_should_wait_for_them_first(
+    io: FileIO, tmp_path: Path, action: str
+) -> None:
+    w = Writer()
+    w.pause()
+    try:
+        part = Partition.open(tmp_path / "p", 0, TINY, io, writer=w)
+        fill(part, 12, 4)  # rotations and their seal jobs, all held back
+        assert part.pending_jobs > 2
+        first_kept = part.segments[2].start_offset
+        result: list[object] = []
+        t = threading.Thread(
+            target=lambda: result.append(getattr(part, action)(*([2] if "seg" in action else [])))
+        )
+        t.start()
+        t.join(0.05)
+        assert t.is_alive()  # waiting for the writer
+        w.resume()
+        t.join(5)
+        assert not t.is_alive()
+        assert not part.failed  # nothing was closed or deleted under a queued job
+        if action == "close":
+            again = Partition.open(tmp_path / "p", 0, TINY, io)
+            assert decode(again.poll(0, 100)) == [(o, payload(o)) for o in range(48)]
+        elif action == "destroy":
+            assert not io.exists(tmp_path / "p")
+        elif action == "purge":
+            assert part.next_offset == 0 and part.poll(0, 10).count == 0
+            fill(part, 1, 2)
+            part.flush(fsync=False)
+            assert decode(part.poll(0, 10)) == [(0, payload(0)), (1, payload(1))]
+        else:
+            assert result == [2] and part.first_offset == first_kept
+            assert decode(part.poll(0, 100)) == [(o, payload(o)) for o in range(first_kept, 48)]
+    finally:
+        w.close()
+
+
+def test_crash_given_writer_when_some_jobs_are_unsynced_should_lose_only_those(
+    tmp_path: Path, stepper: Stepper
+) -> None:
+    io = MemIO()
+    part = Partition.open(tmp_path / "p", 0, MANUAL, io, writer=stepper.writer)
+    fill(part, 2, 3)
+    synced = part.flush_async(fsync=True)
+    stepper.step()
+    synced.result(timeout=5)
+    fill(part, 1, 3)
+    written = part.flush_async(fsync=False)
+    stepper.step()
+    written.result(timeout=5)  # written, never synced
+    fill(part, 1, 3)
+    part.flush_async(fsync=False)  # held back: never written
+    io.crash()
+    again = Partition.open(tmp_path / "p", 0, MANUAL, io)
+    assert decode(again.poll(0, 100)) == [(o, payload(o)) for o in range(6)]
+
+
+def test_partition_given_direct_io_and_writer_when_segments_sealed_should_leave_no_padding(
+    tmp_path: Path,
+) -> None:
+    if not DirectIO.supported(tmp_path):
+        pytest.skip("the test directory's filesystem refuses O_DIRECT")
+    with Writer() as w:
+        part = Partition.open(tmp_path / "p", 0, TINY, DirectIO(), writer=w)
+        fill(part, 12, 4)
+        part.flush(fsync=True)
+        sealed = part.segments[:-1]
+        assert sealed
+        for segment in sealed:
+            assert os.path.getsize(segment.log_path) == segment.size_bytes
+        part.close()
+        active = part.segments[-1]
+        assert os.path.getsize(active.log_path) == active.size_bytes
+    again = Partition.open(tmp_path / "p", 0, TINY, DirectIO())
+    assert again.recovery.problems == [] and again.next_offset == 48

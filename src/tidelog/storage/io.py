@@ -1,21 +1,27 @@
 """Disk access through one small interface, so storage code can run on real files, in memory
-(tests, later the simulator) or, later, on O_DIRECT files without change.
+(tests, later the simulator) or on O_DIRECT files without change.
 
 `FileIO` is a backend: it opens `File` handles and does the few directory operations storage
 needs. `File` is positional only (pwritev / pread at an explicit offset): there is no file
-cursor to get wrong, and one writer per partition needs no locking.
+cursor to get wrong, and one writer per file needs no locking.
 
 Backends:
 
 * `BufferedIO`: page-cache I/O with `os.pwritev` and `os.fdatasync` (the default).
+* `DirectIO`: O_DIRECT writes through page-aligned staging buffers (`buffers.py`), reads
+  through a second, buffered descriptor. See `DirectIO` for the padding rule.
 * `MemIO`: files in memory. Each file remembers what the last `fdatasync` made durable;
   `crash()` throws away everything else (optionally keeping part of the unsynced appended
   bytes, i.e. a torn write). Directory operations (create, rename, unlink) count as durable
   at once: they are rare, and recovery must cope with their leftovers anyway.
 
-A later `DirectIO` (O_DIRECT) will pad files to 4 KiB, so callers must never take a file's
-physical size as the end of its data: `size()` is an upper bound for recovery scans, nothing
-more.
+A DirectIO file is padded with zeros to a 4 KiB boundary while it is written, so callers
+must never take a file's physical size as the end of its data: a freshly opened handle's
+`size()` is an upper bound for recovery scans, nothing more. (Recovery finds the end from
+the index and checksums, and cuts the padding a crash left behind.)
+
+Handles may be used from two threads at once as long as only one of them writes (the
+storage writer thread writes, the owner thread reads what is known to be written).
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tidelog.storage.buffers import PAGE_BYTES, AlignedBuffer, AlignedPool, align_down, align_up
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -62,6 +71,11 @@ class File(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def seal(self) -> None:
+        """No more appends will come: give up write-side state and anything past the
+        logical end that writing left (DirectIO's page padding). Reads still work."""
+        return None
 
     def fileno(self) -> int | None:
         """An OS descriptor for `os.sendfile`, or None when the file is not an OS file."""
@@ -137,18 +151,7 @@ class _OsFile(File):
 
     def pread(self, length: int, offset: int) -> bytes:
         assert length >= 0 and offset >= 0
-        data = os.pread(self._fd, length, offset)
-        if len(data) == length or not data:
-            return data
-        parts = [data]
-        got = len(data)
-        while got < length:
-            more = os.pread(self._fd, length - got, offset + got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
+        return _pread_fd(self._fd, length, offset)
 
     def fdatasync(self) -> None:
         os.fdatasync(self._fd)
@@ -166,6 +169,21 @@ class _OsFile(File):
 
     def fileno(self) -> int | None:
         return self._fd
+
+
+def _pread_fd(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _drop_prefix(views: list[memoryview], nbytes: int) -> list[memoryview]:
@@ -210,6 +228,231 @@ class BufferedIO(FileIO):
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# One direct write stages at most this much; longer writes go out in several aligned pieces.
+DIRECT_STAGING_MAX_BYTES = 8 << 20
+
+
+class DirectIOUnsupportedError(OSError):
+    """The filesystem refuses O_DIRECT (e.g. tmpfs on older kernels)."""
+
+
+class _DirectFile(File):
+    """A file written with O_DIRECT and read through a second, buffered descriptor.
+
+    Every write covers whole 4 KiB pages: the bytes before the write's start on its first
+    page and after its end on its last page are filled with what the file holds there (zeros
+    past the logical end), then the pages go out in one aligned write. The partial last page
+    of the file is kept in memory (`_tail`), so an append never reads the disk: it rewrites
+    that page with the old bytes in front of the new ones. (A torn rewrite cannot damage the
+    old bytes: they are the same in both versions of the page.)
+
+    `_size` is the logical length this handle knows: the physical length at open (an upper
+    bound, as for any File), then moved by writes and truncates. Reads stop there, so the
+    padding is never seen through a live handle; `seal()` and `close()` cut it from the file
+    when this handle wrote it.
+
+    Linux keeps the two descriptors coherent: a direct write drops the cached pages of its
+    range, so the buffered descriptor reads what was written once the write returned.
+    """
+
+    __slots__ = ("_padded_end", "_path", "_pool", "_rfd", "_size", "_tail", "_wfd")
+
+    def __init__(self, path: Path, wfd: int, rfd: int, pool: AlignedPool) -> None:
+        self._path = path
+        self._wfd = wfd
+        self._rfd = rfd
+        self._pool = pool
+        self._size = os.fstat(wfd).st_size
+        # Bytes [align_down(_size), _size) when known; None means "read them when needed".
+        self._tail: bytes | None = b"" if self._size % PAGE_BYTES == 0 else None
+        self._padded_end = self._size  # physical end of what this handle wrote
+
+    def _check_open(self) -> None:
+        if self._wfd < 0:
+            raise OSError(errno.EBADF, "file is closed", str(self._path))
+
+    def pwritev(self, buffers: Sequence[ReadableBuffer], offset: int) -> int:
+        assert offset >= 0
+        self._check_open()
+        views = [memoryview(b).cast("B") for b in buffers]
+        total = sum(v.nbytes for v in views)
+        if not total:
+            return 0
+        end = offset + total
+        file_at = align_down(offset)
+        capacity = min(align_up(end) - file_at, DIRECT_STAGING_MAX_BYTES)
+        buf = self._pool.lease(capacity)
+        capacity = min(buf.capacity, DIRECT_STAGING_MAX_BYTES)
+        try:
+            pos = offset - file_at
+            if pos:
+                self._existing(buf, 0, file_at, offset)
+            for v in views:
+                i = 0
+                while i < v.nbytes:
+                    n = min(v.nbytes - i, capacity - pos)
+                    buf.copy_in(pos, v[i : i + n])
+                    pos += n
+                    i += n
+                    if pos == capacity:
+                        self._write_pages(buf, capacity, file_at)
+                        file_at += capacity
+                        pos = 0
+            new_size = max(self._size, end)
+            tail_start = align_down(new_size)
+            if pos:
+                padded = align_up(pos)
+                self._existing(buf, pos, end, file_at + padded)
+                self._write_pages(buf, padded, file_at)
+                if file_at <= tail_start < file_at + padded:
+                    self._tail = bytes(buf.view[tail_start - file_at : new_size - file_at])
+                self._padded_end = max(self._padded_end, file_at + padded)
+            if new_size % PAGE_BYTES == 0:
+                self._tail = b""
+            self._size = new_size
+        finally:
+            self._pool.release(buf)
+        return total
+
+    def _existing(self, buf: AlignedBuffer, at: int, lo: int, hi: int) -> None:
+        """Put the file's bytes [lo, hi) at `buf[at:]`: zeros past the logical end."""
+        filled = 0
+        have = min(hi, self._size)
+        if lo < have:
+            tail_start = align_down(self._size)
+            if self._tail is not None and lo >= tail_start:
+                src: bytes = self._tail[lo - tail_start : have - tail_start]
+            else:
+                src = _pread_fd(self._rfd, have - lo, lo)
+            filled = buf.copy_in(at, src)
+        buf.zero(at + filled, at + hi - lo)
+
+    def _write_pages(self, buf: AlignedBuffer, nbytes: int, at: int) -> None:
+        assert nbytes % PAGE_BYTES == 0 and at % PAGE_BYTES == 0
+        done = 0
+        while done < nbytes:
+            n = os.pwrite(self._wfd, buf.view[done:nbytes], at + done)
+            if n <= 0 or n % PAGE_BYTES:
+                # A short direct write ends off a page boundary only on a failing device.
+                detail = f"short direct write ({n} of {nbytes - done} bytes)"
+                raise OSError(errno.EIO, detail, str(self._path))
+            done += n
+
+    def pread(self, length: int, offset: int) -> bytes:
+        assert length >= 0 and offset >= 0
+        if self._rfd < 0:
+            raise OSError(errno.EBADF, "file is closed", str(self._path))
+        length = min(length, self._size - offset)
+        return _pread_fd(self._rfd, length, offset) if length > 0 else b""
+
+    def fdatasync(self) -> None:
+        self._check_open()
+        os.fdatasync(self._wfd)
+
+    def truncate(self, length: int) -> None:
+        assert length >= 0
+        self._check_open()
+        os.ftruncate(self._wfd, length)
+        self._size = self._padded_end = length
+        self._tail = b"" if length % PAGE_BYTES == 0 else None
+
+    def size(self) -> int:
+        self._check_open()
+        return self._size
+
+    def seal(self) -> None:
+        self._check_open()
+        self._trim()
+        self._tail = b"" if self._size % PAGE_BYTES == 0 else None
+
+    def _trim(self) -> None:
+        # Only padding this handle wrote is cut: a handle that merely read never shortens
+        # a file another handle may have grown.
+        if self._padded_end > self._size and os.fstat(self._wfd).st_size > self._size:
+            os.ftruncate(self._wfd, self._size)
+        self._padded_end = self._size
+
+    def close(self) -> None:
+        if self._wfd < 0:
+            return
+        try:
+            self._trim()
+        finally:
+            os.close(self._wfd)
+            os.close(self._rfd)
+            self._wfd = self._rfd = -1
+
+    def fileno(self) -> int | None:
+        return self._rfd if self._rfd >= 0 else None
+
+
+class DirectIO(BufferedIO):
+    """O_DIRECT files: writes skip the page cache (faster and steadier on the measured disks,
+    and they leave memory to the partitions' tail caches). Directory operations are the
+    buffered ones.
+
+    `direct_suffixes` chooses which files are direct by name ending; others are opened as
+    BufferedIO opens them. None (the default) makes every file direct. A server should pass
+    `segment.DIRECT_SUFFIXES` (the .log only): index entries and consumer offsets are small
+    writes, where a direct write's latency and page rewrite cost more than they save.
+
+    Where the filesystem refuses O_DIRECT, `open` raises `DirectIOUnsupportedError` (an
+    OSError) naming the path: a silent fallback would hide a configuration that does not do
+    what it says. `DirectIO.supported(directory)` probes a directory first, so a caller that
+    prefers to fall back can choose BufferedIO once, up front, and log it.
+    """
+
+    def __init__(self, direct_suffixes: Sequence[str] | None = None, pool: AlignedPool | None = None) -> None:
+        if not hasattr(os, "O_DIRECT"):
+            raise DirectIOUnsupportedError(errno.EINVAL, "O_DIRECT is not available on this platform")
+        self.direct_suffixes = None if direct_suffixes is None else tuple(direct_suffixes)
+        self.pool = pool or AlignedPool()
+
+    def is_direct(self, path: Path) -> bool:
+        return self.direct_suffixes is None or os.fspath(path).endswith(self.direct_suffixes)
+
+    def open(self, path: Path) -> File:
+        if not self.is_direct(path):
+            return super().open(path)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            wfd = os.open(path, flags | os.O_DIRECT, 0o644)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise DirectIOUnsupportedError(
+                errno.EINVAL, "the filesystem refuses O_DIRECT (use BufferedIO here)", os.fspath(path)
+            ) from e
+        try:
+            rfd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(wfd)
+            raise
+        return _DirectFile(path, wfd, rfd, self.pool)
+
+    @staticmethod
+    def supported(directory: Path) -> bool:
+        """Whether files in `directory` (which must exist) take aligned O_DIRECT writes."""
+        if not hasattr(os, "O_DIRECT"):
+            return False
+        fd, name = tempfile.mkstemp(prefix=".direct-probe-", dir=directory)
+        os.close(fd)
+        buf = AlignedBuffer(align_up(1))
+        try:
+            dfd = os.open(name, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            try:
+                buf.zero(0, PAGE_BYTES)
+                os.pwrite(dfd, buf.view[:PAGE_BYTES], 0)
+            finally:
+                os.close(dfd)
+        except OSError:
+            return False
+        finally:
+            buf.close()
+            os.unlink(name)
+        return True
 
 
 class _MemNode:
