@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tidelog.bench.cli import add_bench_parser
 from tidelog.config import Config, ConfigError, load_config
 
 log = logging.getLogger("tidelog")
@@ -49,6 +50,8 @@ async def _serve(config: Config) -> int:
         + ("; created root user" if report.root_created else ""),
         flush=True,
     )
+    for problem in report.problems:
+        print(f"tidelog recovery: {problem}", flush=True)
     for path in report.quarantined:
         print(f"tidelog kept torn bytes aside in {path}", flush=True)
     print(
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fsync", choices=["always", "interval", "never"], default=None)
     serve.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
     serve.set_defaults(func=cmd_serve)
+    add_bench_parser(sub)
     return parser
 
 

@@ -36,6 +36,9 @@ class TcpConfig:
     max_send_payload_bytes: int = 128 * MIB
     # Replies queued to a slow reader past this pause reading from that client.
     write_buffer_high_bytes: int = 8 * MIB
+    # One PollMessages reply carries at most this much message data (at least one message),
+    # whatever count the client asks for.
+    max_poll_reply_bytes: int = 32 * MIB
     nodelay: bool = True
 
 
@@ -45,6 +48,12 @@ class SystemConfig:
     message_expiry_us: int = U64_MAX  # topic default: never expire
     max_topic_size_bytes: int = U64_MAX  # topic default: unlimited
     verify_checksums_on_open: bool = False  # the unflushed tail is always checked
+    # "buffered" (page cache) or "direct" (O_DIRECT segment logs; needs a filesystem that
+    # supports it, checked at start).
+    io: str = "buffered"
+    # Per partition: recently written batches kept in memory so tailing consumers never read
+    # the disk.
+    partition_cache_bytes: int = 32 * MIB
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class Config:
             raise ConfigError("durability.flush_messages and flush_bytes must be positive")
         if self.durability.fsync_interval_ms < 1 or self.durability.flush_interval_ms < 1:
             raise ConfigError("durability intervals must be positive")
+        if self.system.io not in ("buffered", "direct"):
+            raise ConfigError(f"system.io must be 'buffered' or 'direct', got {self.system.io!r}")
+        if self.tcp.max_poll_reply_bytes < 1 or self.system.partition_cache_bytes < 0:
+            raise ConfigError("tcp.max_poll_reply_bytes must be positive, partition_cache_bytes >= 0")
         host, _, port = self.tcp.address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"tcp.address must be HOST:PORT, got {self.tcp.address!r}")

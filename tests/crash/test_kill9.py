@@ -396,11 +396,6 @@ def test_recovery_given_damaged_index_when_restarted_should_rebuild_it_from_the_
     assert_stable_after_repair(again, server_factory, seeded, intact=len(seeded.payloads))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage bug: Partition.poll returns no message when the start offset lies in a gap "
-    "that recovery left in the middle of the chain, so a consumer polling from there never moves on",
-)
 def test_recovery_given_sealed_segment_truncated_when_polling_from_the_gap_should_skip_to_what_follows(
     tmp_path: Path, server_factory: type[ServerProcess]
 ) -> None:

@@ -807,3 +807,36 @@ def test_partition_given_direct_io_and_writer_when_segments_sealed_should_leave_
         assert os.path.getsize(active.log_path) == active.size_bytes
     again = Partition.open(tmp_path / "p", 0, TINY, DirectIO())
     assert again.recovery.problems == [] and again.next_offset == 48
+
+
+def test_partition_given_byte_budget_when_polled_should_stop_at_message_boundaries(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
+    fill(part, 6, 5)  # segments on disk and a journal in memory
+    part.flush(fsync=False)
+    fill(part, 2, 5)
+    everything = part.poll(0, 1000)
+    sizes = [64 + len(payload(o)) for o in range(everything.count)]
+    assert everything.count == 40
+    for start in (0, 7, 29, 31):
+        for budget in (1, sizes[start], sizes[start] + 1, 500, 10_000):
+            result = part.poll(start, 1000, max_bytes=budget)
+            got = decode(result)
+            # At least one message; then whole messages while they fit, never more.
+            fit, used = 0, 0
+            for size in sizes[start:]:
+                if used + size > budget and fit:
+                    break
+                used, fit = used + size, fit + 1
+            assert [o for o, _ in got] == list(range(start, start + fit)), (start, budget)
+            assert result.size_bytes == sum(sizes[start : start + fit])
+
+
+def test_partition_given_no_budget_when_polled_should_return_up_to_count(
+    io: FileIO, tmp_path: Path, writer: Writer | None
+) -> None:
+    part = Partition.open(tmp_path / "p", 0, TINY, io, writer=writer)
+    fill(part, 4, 5)
+    assert part.poll(3, 10).count == 10
+    assert part.poll(3, 10, max_bytes=None).count == 10

@@ -9,6 +9,7 @@ visible; data goes to the partition that owns it), and returns the reply payload
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import logging
 import os
@@ -79,6 +80,7 @@ class Dispatcher:
         self.md = shard.metadata
         self.send_limit_bytes = shard.config.tcp.max_send_payload_bytes
         self.fsync_always = shard.config.durability.fsync is FsyncPolicy.ALWAYS
+        self.max_poll_bytes = shard.config.tcp.max_poll_reply_bytes
         self.handlers: dict[int, Handler] = {
             Command.PING: self.ping,
             Command.GET_STATS: self.get_stats,
@@ -163,7 +165,9 @@ class Dispatcher:
                 raise IggyError(Status.UNAUTHENTICATED)
             raise IggyError(Status.INVALID_COMMAND, f"unknown command {code}")
         if code == Command.SEND_MESSAGES:
-            self.send_messages(session, payload, owned)
+            durable = self.send_messages(session, payload, owned)
+            if durable is not None:
+                return self._await_write(durable)
             return [_EMPTY_OK]
         if code == Command.POLL_MESSAGES:
             return self.poll_messages(session, c.PollMessages.decode(payload))
@@ -178,6 +182,14 @@ class Dispatcher:
 
     async def _await_reply(self, pending: Awaitable[bytes | None]) -> Reply:
         return _reply(await pending)
+
+    async def _await_write(self, written: concurrent.futures.Future[None]) -> Reply:
+        try:
+            await asyncio.wrap_future(written)
+        except OSError as exc:
+            log.error("write failed: %s", exc)
+            raise IggyError(Status.ERROR, "write failed") from exc
+        return [_EMPTY_OK]
 
     # ---- helpers -----------------------------------------------------------------------
     def _perms(self, session: Session) -> perm.Permissions | None:
@@ -778,7 +790,10 @@ class Dispatcher:
         part.delete_offset(kind, key)
 
     # ---- messages ----------------------------------------------------------------------
-    def send_messages(self, session: Session, payload: memoryview, owned: bool) -> None:
+    def send_messages(
+        self, session: Session, payload: memoryview, owned: bool
+    ) -> concurrent.futures.Future[None] | None:
+        """Appends the batch; returns a future to await before acknowledging under fsync=always."""
         header = c.SendMessagesHeader.decode(payload)
         index = payload[header.index_offset : header.messages_offset]
         messages = payload[header.messages_offset :]
@@ -791,11 +806,14 @@ class Dispatcher:
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
         pid = self._choose_partition(topic, header.partitioning)
         key, part = self._partition(topic, pid)
-        part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
+        try:
+            part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
+        except OSError as exc:  # the partition failed an earlier write and refuses more
+            raise IggyError(Status.ERROR, str(exc)) from exc
         if self.fsync_always:
-            part.flush(fsync=True)
-        else:
-            self.shard.mark_written(key)
+            return part.flush_async(fsync=True)
+        self.shard.mark_written(key)
+        return None
 
     def _choose_partition(self, topic: md.TopicMeta, partitioning: c.Partitioning) -> int:
         count = len(topic.partitions)
@@ -811,13 +829,16 @@ class Dispatcher:
             return counter % count
         return xxhash.xxh32_intdigest(bytes(partitioning.value)) % count
 
-    def flush_unsaved_buffer(self, session: Session, req: c.FlushUnsavedBuffer) -> None:
+    async def flush_unsaved_buffer(self, session: Session, req: c.FlushUnsavedBuffer) -> None:
         topic = self._topic(req.stream_id, req.topic_id)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
         key, part = self._partition(topic, req.partition_id)
-        part.flush(fsync=bool(req.fsync))
         if not req.fsync:
             self.shard.mark_written(key)
+        try:
+            await asyncio.wrap_future(part.flush_async(fsync=bool(req.fsync)))
+        except OSError as exc:
+            raise IggyError(Status.ERROR, "write failed") from exc
 
     def poll_messages(self, session: Session, req: c.PollMessages) -> Reply:
         topic = self._topic(req.stream_id, req.topic_id)
@@ -844,7 +865,7 @@ class Dispatcher:
         start = self._poll_start(part, req, kind, ckey)
         if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
             return self._poll_reply(c.PollHeader(pid, part.current_offset, 0), [])
-        result = part.poll(start, req.count)
+        result = part.poll(start, req.count, self.max_poll_bytes)
         if req.auto_commit and result.count:
             part.store_offset(kind, ckey, result.first_offset + result.count - 1)
         return self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)

@@ -32,8 +32,11 @@ from tidelog.metadata import (
 )
 from tidelog.permissions import ROOT_PERMISSIONS
 from tidelog.server.connection import Connection
+from tidelog.storage.io import BufferedIO, DirectIO, FileIO
 from tidelog.storage.metalog import MetaLog
 from tidelog.storage.partition import Partition, PartitionConfig
+from tidelog.storage.segment import DIRECT_SUFFIXES
+from tidelog.storage.writer import Writer
 from tidelog.wire.codes import NO_USER_ID
 
 log = logging.getLogger(__name__)
@@ -101,14 +104,20 @@ class Shard:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._dirty: set[PartitionKey] = set()  # flushed since the last fsync
+        self._dirty: set[PartitionKey] = set()  # written to since the last fsync
         self.partition_config = PartitionConfig(
             segment_size_bytes=config.system.segment_size_bytes,
             flush_messages=config.durability.flush_messages,
             flush_bytes=config.durability.flush_bytes,
             fsync_on_flush=False,
             verify_checksums_on_open=config.system.verify_checksums_on_open,
+            cache_bytes=config.system.partition_cache_bytes,
         )
+        self.io: FileIO = BufferedIO()
+        # Disk writes run on this thread so the event loop keeps serving while they happen.
+        self.writer = Writer(on_complete=self._on_write_done)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reap_scheduled = False
 
     # ---- paths -------------------------------------------------------------------------
     def stream_dir(self, stream_id: int) -> Path:
@@ -126,6 +135,10 @@ class Shard:
         report = StartupReport()
         self.started_at_us = self.clock_us()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.system.io == "direct":
+            if not DirectIO.supported(self.data_dir):
+                raise RuntimeError(f"system.io = 'direct' but {self.data_dir} refuses O_DIRECT")
+            self.io = DirectIO(direct_suffixes=DIRECT_SUFFIXES)
         defaults = MetadataDefaults(
             segment_size_bytes=self.config.system.segment_size_bytes,
             message_expiry=self.config.system.message_expiry_us,
@@ -185,7 +198,9 @@ class Shard:
                 shutil.rmtree(stream_dir, ignore_errors=True)
 
     def open_partition(self, key: PartitionKey) -> Partition:
-        part = Partition.open(self.partition_dir(key), key[2], self.partition_config)
+        part = Partition.open(
+            self.partition_dir(key), key[2], self.partition_config, io=self.io, writer=self.writer
+        )
         self.partitions[key] = part
         return part
 
@@ -203,7 +218,26 @@ class Shard:
             except OSError:
                 log.exception("closing partition %d failed", part.partition_id)
         self.partitions.clear()
+        self.writer.close()  # after the partitions: their closes still submit jobs
         self.metalog.close()
+
+    # ---- writer completions ------------------------------------------------------------
+    def _on_write_done(self) -> None:
+        """Runs on the writer thread: only schedules the reap on the loop."""
+        loop = self._loop
+        if loop is not None and not self._reap_scheduled:
+            self._reap_scheduled = True
+            loop.call_soon_threadsafe(self.reap_all)
+
+    def reap_all(self) -> None:
+        """Retires finished write jobs: frees memory past the tail cache, surfaces I/O errors."""
+        self._reap_scheduled = False
+        for key, part in self.partitions.items():
+            if part.pending_jobs:
+                try:
+                    part.reap()
+                except OSError:
+                    log.exception("writing partition %s failed; it refuses writes until restart", key)
 
     # ---- sessions ----------------------------------------------------------------------
     def open_session(self, conn: Connection | None, address: str) -> Session:
@@ -253,19 +287,14 @@ class Shard:
         self._dirty.add(key)
 
     def flush_all(self, fsync: bool) -> None:
-        for key, part in self.partitions.items():
-            if part.unflushed_messages:
-                part.flush(fsync=False)
-                self._dirty.add(key)
+        """Hands every journal to the writer; with fsync, also syncs what was written since
+        the last sync. Does not wait: the writer works while the loop serves."""
         if fsync:
-            self.sync_dirty()
-
-    def sync_dirty(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        for key in dirty:
-            part = self.partitions.get(key)
-            if part is not None:
-                part.flush(fsync=True)
+            dirty, self._dirty = self._dirty, set()
+        for key, part in self.partitions.items():
+            sync = fsync and key in dirty
+            if (part.unflushed_messages or sync) and not part.failed:
+                part.flush_async(fsync=sync)
 
     # ---- background work ---------------------------------------------------------------
     async def _flush_ticker(self) -> None:
@@ -323,6 +352,7 @@ class Shard:
     # ---- serving -----------------------------------------------------------------------
     async def start(self, handler_factory: Callable[[], Connection]) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self._server = await loop.create_server(
             handler_factory, self.config.tcp_host, self.config.tcp_port, reuse_address=True
         )

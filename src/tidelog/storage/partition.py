@@ -160,6 +160,14 @@ def _chain(source: Future[None], target: Future[None]) -> None:
     source.add_done_callback(copy)
 
 
+def _fit(ends: np.ndarray, first: int, n: int, budget_bytes: int, at_least_one: bool) -> int:
+    """How many of the n messages starting at index `first` (end positions `ends`) fit in
+    `budget_bytes`; at least one when `at_least_one`."""
+    base = int(ends[first - 1]) if first else 0
+    fit = int(np.searchsorted(ends[first : first + n], base + budget_bytes, side="right"))
+    return max(fit, 1 if at_least_one else 0)
+
+
 class Partition:
     def __init__(
         self,
@@ -505,46 +513,77 @@ class Partition:
             self._retire()
 
     # ---- read path -----------------------------------------------------------------------
-    def poll(self, start_offset: int, count: int) -> PollResult:
+    def poll(self, start_offset: int, count: int, max_bytes: int | None = None) -> PollResult:
         """Stored bytes of messages [start_offset, start_offset + count) that exist, in
         offset order: one pread per segment span below the batches held in memory, then
-        memoryview slices of those."""
+        memoryview slices of those.
+
+        `max_bytes` bounds the reply (at least one message is returned when any exists), so
+        a client asking for a huge count cannot make the server read gigabytes at once.
+        """
         assert not self._closed
         # Below the oldest segment (deleted by retention) the poll starts at what is left.
         start = max(start_offset, self.first_offset)
+        k = max(bisect.bisect_right(self._segment_starts, start) - 1, 0)
+        while k + 1 < len(self._segments) and start >= self._segments[k].next_offset:
+            # A gap that recovery left in the chain: continue at the next offset that exists.
+            k += 1
+            start = max(start, self._segments[k].start_offset)
         end = min(start + max(count, 0), self.next_offset)
         if start >= end:
             return PollResult(start_offset, 0, [])
+        budget = max_bytes  # None: unbounded
         chunks: list[memoryview | bytes] = []
         first: int | None = None
         got = 0
+        stopped = False  # the byte budget ran out
         mem, bases, head = self._mem, self._mem_bases, self._mem_head
         mem_start = bases[head] if head < len(mem) else self.next_offset
         assert head < len(mem) or self._written_offset == self.next_offset  # else: data lost
         disk_end = min(end, mem_start)
         if start < disk_end:
-            k = max(bisect.bisect_right(self._segment_starts, start) - 1, 0)
             for segment in self._segments[k:]:
                 if segment.start_offset >= disk_end:
                     break
                 lo, hi = max(start, segment.start_offset), min(disk_end, segment.next_offset)
                 if lo >= hi:
                     continue  # an empty segment, or a gap left by recovery
+                if budget is not None:
+                    n = _fit(segment.ends, lo - segment.start_offset, hi - lo, budget, got == 0)
+                    stopped = n < hi - lo
+                    if n == 0:
+                        break
+                    hi = lo + n
+                    budget -= segment.byte_range(lo, hi)[1]
                 chunks.append(segment.read_messages(lo, hi))
                 first = lo if first is None else first
                 got += hi - lo
-        if end > mem_start:
+                if stopped:
+                    break
+        if end > mem_start and not stopped:
             lo = max(start, mem_start)
-            for k in range(bisect.bisect_right(bases, lo, head) - 1, len(mem)):
-                p = mem[k]
+            for i in range(bisect.bisect_right(bases, lo, head) - 1, len(mem)):
+                p = mem[i]
                 if p.base_offset >= end:
                     break
                 a = max(lo - p.base_offset, 0)
                 b = min(end - p.base_offset, p.batch.count)
                 ends = p.batch.ends
-                chunks.append(p.batch.buf[int(ends[a - 1]) if a else 0 : int(ends[b - 1])])
+                if budget is not None:
+                    n = _fit(ends, a, b - a, budget, got == 0)
+                    stopped = n < b - a
+                    if n == 0:
+                        break
+                    b = a + n
+                lo_byte = int(ends[a - 1]) if a else 0
+                hi_byte = int(ends[b - 1])
+                chunks.append(p.batch.buf[lo_byte:hi_byte])
+                if budget is not None:
+                    budget -= hi_byte - lo_byte
                 first = p.base_offset + a if first is None else first
                 got += b - a
+                if stopped:
+                    break
         return PollResult(first if first is not None else start_offset, got, chunks)
 
     def offset_for_timestamp(self, timestamp_us: int) -> int | None:
