@@ -15,6 +15,7 @@ import contextlib
 import logging
 import mmap
 import socket
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
@@ -28,6 +29,9 @@ Reply = Sequence[Buffer]
 
 # Frames up to this size are parsed in place; a handler must not keep a view of such a payload.
 SMALL_BUFFER_BYTES = 256 * 1024
+# Larger payloads get lazily committed anonymous memory rather than a zero-filled bytearray.
+LAZY_BUFFER_BYTES = 8 * 1024 * 1024
+_U32 = struct.Struct("<I")
 
 
 class CloseConnection(Exception):
@@ -64,7 +68,7 @@ class Connection(asyncio.BufferedProtocol):
         self._small_view = memoryview(self._small)
         self._start = 0  # first unparsed byte in _small
         self._end = 0  # end of received bytes in _small
-        self._big: mmap.mmap | None = None  # payload of one large frame being received
+        self._big: bytearray | mmap.mmap | None = None  # payload of one large frame being received
         self._big_filled = 0
         self._big_code = 0
         self._busy = False  # a handler's awaitable is pending
@@ -106,9 +110,19 @@ class Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
             return memoryview(self._big)[self._big_filled :]
-        if self._end == len(self._small):
+        # Exact reads, as Iggy does: first the 8-byte header, then exactly the rest of a small
+        # frame. Reading further would pull the next frame's payload into this buffer, and a
+        # large payload would then have to be copied out of it into its own buffer.
+        pending = self._end - self._start
+        want = FRAME_HEADER_SIZE - pending
+        if want <= 0:
+            payload_len = _U32.unpack_from(self._small, self._start)[0] - 4
+            want = FRAME_HEADER_SIZE + payload_len - pending
+            if want <= 0:  # complete frames wait for a busy handler: take the next header
+                want = FRAME_HEADER_SIZE
+        if self._end + want > len(self._small):
             self._compact()
-        return self._small_view[self._end :]
+        return self._small_view[self._end : min(self._end + want, len(self._small))]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._big is not None:
@@ -157,11 +171,16 @@ class Connection(asyncio.BufferedProtocol):
                 break  # wait for the rest of a small frame
             # A large frame: give it its own exact-size buffer and receive into it directly.
             have = self._end - start - FRAME_HEADER_SIZE
-            # Anonymous memory is committed page by page as bytes arrive (a bytearray is
-            # zero-filled at once), so a header declaring a huge payload costs the server
-            # only what the client really sends.
-            big = mmap.mmap(-1, payload_len)
-            big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
+            big: bytearray | mmap.mmap
+            if payload_len <= LAZY_BUFFER_BYTES:
+                big = bytearray(payload_len)  # the allocator reuses these: no page faults
+            else:
+                # Anonymous memory is committed page by page as bytes arrive (a bytearray is
+                # zero-filled at once), so a header declaring a huge payload costs the server
+                # only what the client really sends.
+                big = mmap.mmap(-1, payload_len)
+            if have:
+                big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
             self._start = self._end = 0
             self._big, self._big_filled, self._big_code = big, have, code
             break
