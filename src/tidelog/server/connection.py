@@ -14,18 +14,21 @@ import asyncio
 import contextlib
 import logging
 import mmap
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, cast
 
+from tidelog.storage.io import FileRange
 from tidelog.wire import framing
 from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
 
 log = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
-Reply = Sequence[Buffer]
+# A reply is a gather write; FileRange pieces are sent from the page cache with os.sendfile.
+Reply = Sequence[Buffer | FileRange]
 
 # Frames up to this size are parsed in place; a handler must not keep a view of such a payload.
 SMALL_BUFFER_BYTES = 256 * 1024
@@ -73,6 +76,7 @@ class Connection(asyncio.BufferedProtocol):
         self._big_code = 0
         self._busy = False  # a handler's awaitable is pending
         self._pending: asyncio.Future[None] | None = None
+        self._sock_fd = -1  # for os.sendfile
         self._reading_paused = False
         self._writing_paused = False
         self.closed = False
@@ -84,6 +88,8 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._sock_fd = sock.fileno()
         if sock is not None and self._nodelay:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -171,14 +177,12 @@ class Connection(asyncio.BufferedProtocol):
                 break  # wait for the rest of a small frame
             # A large frame: give it its own exact-size buffer and receive into it directly.
             have = self._end - start - FRAME_HEADER_SIZE
-            big: bytearray | mmap.mmap
-            if payload_len <= LAZY_BUFFER_BYTES:
-                big = bytearray(payload_len)  # the allocator reuses these: no page faults
-            else:
-                # Anonymous memory is committed page by page as bytes arrive (a bytearray is
-                # zero-filled at once), so a header declaring a huge payload costs the server
-                # only what the client really sends.
-                big = mmap.mmap(-1, payload_len)
+            # Below LAZY_BUFFER_BYTES a bytearray (the allocator reuses these: no page faults);
+            # above, anonymous memory committed page by page as bytes arrive, so a header
+            # declaring a huge payload costs the server only what the client really sends.
+            big: bytearray | mmap.mmap = (
+                bytearray(payload_len) if payload_len <= LAZY_BUFFER_BYTES else mmap.mmap(-1, payload_len)
+            )
             if have:
                 big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
             self._start = self._end = 0
@@ -240,7 +244,40 @@ class Connection(asyncio.BufferedProtocol):
     def _write(self, reply: Reply) -> None:
         if self.closed or self.transport is None:
             return
-        self.transport.writelines(reply)
+        if not any(isinstance(piece, FileRange) for piece in reply):
+            self.transport.writelines(cast(Sequence[Buffer], reply))
+            return
+        memory: list[Buffer] = []
+        for piece in reply:
+            if isinstance(piece, FileRange):
+                if memory:
+                    self.transport.writelines(memory)
+                    memory = []
+                self._send_file(piece)
+            else:
+                memory.append(piece)
+        if memory:
+            self.transport.writelines(memory)
+
+    def _send_file(self, piece: FileRange) -> None:
+        """Page cache to socket with os.sendfile while nothing is queued ahead of it (so the
+        byte order on the wire holds); whatever it could not send goes through the transport."""
+        assert self.transport is not None
+        sent = 0
+        if self._sock_fd >= 0 and self.transport.get_write_buffer_size() == 0:
+            try:
+                while sent < piece.length:
+                    n = os.sendfile(self._sock_fd, piece.fd, piece.offset + sent, piece.length - sent)
+                    if n == 0:
+                        break
+                    sent += n
+            except (BlockingIOError, InterruptedError):
+                pass  # the socket buffer is full: the transport queues the rest
+            except OSError:
+                log.debug("sendfile failed for %s; falling back to reads", self.peer, exc_info=True)
+        if sent < piece.length:
+            rest = FileRange(piece.fd, piece.offset + sent, piece.length - sent)
+            self.transport.write(rest.read())
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:

@@ -29,6 +29,7 @@ from tidelog import permissions as perm
 from tidelog.config import FsyncPolicy
 from tidelog.server.connection import CloseConnection, Connection, Reply
 from tidelog.server.shard import PartitionKey, Session, Shard
+from tidelog.storage.io import FileRange
 from tidelog.storage.partition import Partition
 from tidelog.wire import batch as wbatch
 from tidelog.wire import commands as c
@@ -865,7 +866,7 @@ class Dispatcher:
         start = self._poll_start(part, req, kind, ckey)
         if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
             return self._poll_reply(c.PollHeader(pid, part.current_offset, 0), [])
-        result = part.poll(start, req.count, self.max_poll_bytes)
+        result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=True)
         if req.auto_commit and result.count:
             part.store_offset(kind, ckey, result.first_offset + result.count - 1)
         return self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)
@@ -884,7 +885,7 @@ class Dispatcher:
         stored = part.get_offset(kind, ckey)  # next
         return part.first_offset if stored is None else stored + 1
 
-    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes]) -> Reply:
+    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Reply:
         head = header.encode()
-        total = len(head) + sum(len(ch) for ch in chunks)
+        total = len(head) + sum(ch.nbytes if isinstance(ch, memoryview) else len(ch) for ch in chunks)
         return [framing.ok_header(total), head, *chunks]

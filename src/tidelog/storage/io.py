@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,23 @@ class File(ABC):
     def fileno(self) -> int | None:
         """An OS descriptor for `os.sendfile`, or None when the file is not an OS file."""
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """Bytes of an OS file that the network shell may send with `os.sendfile` (page cache to
+    socket, no copy through Python). Valid only until the owner's next mutation: send it in
+    the same call that got it."""
+
+    fd: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        return _pread_fd(self.fd, self.length, self.offset)
 
 
 class FileIO(ABC):

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from tidelog.storage.io import BufferedIO, File, FileIO
+from tidelog.storage.io import BufferedIO, File, FileIO, FileRange
 from tidelog.storage.recovery import RecoveryReport, recover
 from tidelog.storage.segment import Segment
 from tidelog.storage.writer import (
@@ -114,11 +114,11 @@ class PartitionConfig:
 class PollResult:
     first_offset: int
     count: int
-    chunks: list[memoryview | bytes]
+    chunks: list[memoryview | bytes | FileRange]
 
     @property
     def size_bytes(self) -> int:
-        return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in self.chunks)
+        return sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in self.chunks)
 
 
 @dataclass(slots=True)
@@ -513,13 +513,17 @@ class Partition:
             self._retire()
 
     # ---- read path -----------------------------------------------------------------------
-    def poll(self, start_offset: int, count: int, max_bytes: int | None = None) -> PollResult:
+    def poll(
+        self, start_offset: int, count: int, max_bytes: int | None = None, file_ranges: bool = False
+    ) -> PollResult:
         """Stored bytes of messages [start_offset, start_offset + count) that exist, in
         offset order: one pread per segment span below the batches held in memory, then
         memoryview slices of those.
 
         `max_bytes` bounds the reply (at least one message is returned when any exists), so
         a client asking for a huge count cannot make the server read gigabytes at once.
+        With `file_ranges`, data on disk comes back as `FileRange`s to send with `os.sendfile`
+        instead of bytes read into memory.
         """
         assert not self._closed
         # Below the oldest segment (deleted by retention) the poll starts at what is left.
@@ -533,7 +537,7 @@ class Partition:
         if start >= end:
             return PollResult(start_offset, 0, [])
         budget = max_bytes  # None: unbounded
-        chunks: list[memoryview | bytes] = []
+        chunks: list[memoryview | bytes | FileRange] = []
         first: int | None = None
         got = 0
         stopped = False  # the byte budget ran out
@@ -555,7 +559,8 @@ class Partition:
                         break
                     hi = lo + n
                     budget -= segment.byte_range(lo, hi)[1]
-                chunks.append(segment.read_messages(lo, hi))
+                ranged = segment.file_range(lo, hi) if file_ranges else None
+                chunks.append(ranged if ranged is not None else segment.read_messages(lo, hi))
                 first = lo if first is None else first
                 got += hi - lo
                 if stopped:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tidelog.storage.io import File, FileIO
+from tidelog.storage.io import File, FileIO, FileRange
 from tidelog.wire.batch import INDEX_DTYPE
 from tidelog.wire.codes import INDEX_ENTRY_SIZE, MESSAGE_HEADER_SIZE, U32_MAX, U64_MAX
 
@@ -216,6 +216,14 @@ class Segment:
         if len(data) != length:
             raise OSError(f"{self.log_path}: short read at {position} ({len(data)} of {length} bytes)")
         return data
+
+    def file_range(self, first_offset: int, end_offset: int) -> FileRange | None:
+        """Where messages [first_offset, end_offset) lie in the .log, for `os.sendfile`;
+        None when the backend has no OS descriptor (e.g. MemIO)."""
+        fd = self.log.fileno()
+        if fd is None:
+            return None
+        return FileRange(fd, *self.byte_range(first_offset, end_offset))
 
     def read_messages(self, first_offset: int, end_offset: int) -> bytes:
         """Stored bytes of messages [first_offset, end_offset), one pread."""
