@@ -18,12 +18,17 @@ from tidelog.storage import io as io_module
 from tidelog.storage.buffers import MIN_CLASS_BYTES, PAGE_BYTES, AlignedPool
 from tidelog.storage.io import IOV_MAX, BufferedIO, DirectIO, DirectIOUnsupportedError, FileIO, MemIO
 
-BACKENDS: dict[str, Callable[[], FileIO]] = {"buffered": BufferedIO, "direct": DirectIO, "mem": MemIO}
+BACKENDS: dict[str, Callable[[], FileIO]] = {
+    "buffered": BufferedIO,
+    "direct": DirectIO,
+    "direct-dsync": lambda: DirectIO(dsync=True),
+    "mem": MemIO,
+}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[FileIO, Path]]:
-    if request.param == "direct" and not DirectIO.supported(tmp_path):
+    if request.param.startswith("direct") and not DirectIO.supported(tmp_path):
         pytest.skip("the test directory's filesystem refuses O_DIRECT")
     io = BACKENDS[request.param]()
     root = tmp_path / "root"

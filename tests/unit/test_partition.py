@@ -471,6 +471,38 @@ def test_fsync_given_no_fsync_when_crashed_should_lose_unsynced_but_keep_explici
     assert Partition.open(tmp_path / "p", 0, config, io).next_offset == 4
 
 
+def test_fsync_given_acknowledged_syncs_when_power_lost_should_rebuild_the_unsynced_index(
+    tmp_path: Path, writer: Writer | None
+) -> None:
+    """flush_async(fsync=True), the per-acknowledgement sync, makes only the log durable:
+    after a power loss the index misses entries, and recovery must index them from the log."""
+    io = MemIO()
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000)
+    part = Partition.open(tmp_path / "p", 0, config, io, writer=writer)
+    for _ in range(6):
+        fill(part, 1, 3)
+        part.flush_async(fsync=True).result(timeout=10)
+    index_before = io.read_file(tmp_path / "p" / log_name(0).replace(".log", ".index"))
+    io.crash()
+    index_after = io.read_file(tmp_path / "p" / log_name(0).replace(".log", ".index"))
+    assert len(index_after) < len(index_before)  # the index really was not synced
+    again = Partition.open(tmp_path / "p", 0, config, io)
+    assert again.next_offset == 18
+    assert decode(again.poll(0, 100)) == [(o, payload(o)) for o in range(18)]
+
+
+def test_fsync_given_full_flush_when_power_lost_should_keep_log_and_index(tmp_path: Path) -> None:
+    io = MemIO()
+    config = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000)
+    part = Partition.open(tmp_path / "p", 0, config, io)
+    fill(part, 3, 3)
+    part.flush(fsync=True)  # shutdown's flush: indexes too
+    index = io.read_file(tmp_path / "p" / log_name(0).replace(".log", ".index"))
+    io.crash()
+    assert io.read_file(tmp_path / "p" / log_name(0).replace(".log", ".index")) == index
+    assert Partition.open(tmp_path / "p", 0, config, io).recovery.rebuilt_indexes == 0
+
+
 # ---- with a writer thread ---------------------------------------------------------------
 
 

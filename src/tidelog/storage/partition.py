@@ -211,11 +211,13 @@ class Partition:
         self._sync_job: _Job | None = None  # the newest sync job not reaped yet
         self._next_sync: Future[None] | None = None  # callers sharing the sync after it
         # Files written since the last sync was prepared. What an earlier run left in the
-        # active segment counts too: it may never have been synced.
+        # active segment counts too: it may never have been synced. Indexes are kept apart:
+        # an acknowledgement needs only the log on disk (recovery rebuilds an index from the
+        # log's checksummed tail), so per-request syncs skip them; sealing a segment and a
+        # full flush (shutdown) sync them.
         active = segments[-1]
         self._dirty: dict[int, File] = {} if active.is_empty else {id(active.log): active.log}
-        if not active.is_empty:
-            self._dirty[id(active.index)] = active.index
+        self._dirty_index: dict[int, File] = {} if active.is_empty else {id(active.index): active.index}
         self._dir_dirty = False
         self._failure: BaseException | None = None
         self._failure_raised = False
@@ -324,9 +326,9 @@ class Partition:
 
     def flush(self, fsync: bool) -> None:
         """Write the journal to the segments and wait for it (and for every earlier write);
-        fdatasync if asked or configured. Raises OSError when a write failed."""
+        fdatasync logs and indexes if asked or configured. Raises OSError when a write failed."""
         assert not self._closed
-        done = self.flush_async(fsync)
+        done = self.flush_async(fsync, indexes=True)
         while not done.done():
             assert self._jobs, "a pending flush needs a queued job to complete it"
             wait([self._jobs[0].future])
@@ -336,16 +338,18 @@ class Partition:
         if exc is not None:
             raise _as_os_error(exc)
 
-    def flush_async(self, fsync: bool) -> Future[None]:
+    def flush_async(self, fsync: bool, indexes: bool = False) -> Future[None]:
         """A future that resolves once everything appended before the call is written, and
-        fdatasync'ed if asked or configured (or fails with the write's OSError). Without a
-        writer the work is done before this returns. The future cannot be cancelled."""
+        its log fdatasync'ed if asked or configured (its index too with `indexes`), or fails
+        with the write's OSError. Without a writer the work is done before this returns. The
+        future cannot be cancelled."""
         assert not self._closed
         if self._jobs:
             self.reap()
         self._check_writable()
         fsync = fsync or self.config.fsync_on_flush
-        if fsync and self._sync_job is not None:
+        indexes = indexes and fsync
+        if fsync and self._sync_job is not None and not indexes:
             # Group commit: a sync is queued or running. If it covers everything, share it;
             # otherwise wait for the next one, which reap() submits once it completes, for
             # every caller that arrives until then.
@@ -354,8 +358,10 @@ class Partition:
             if self._next_sync is None:
                 self._next_sync = running_future()
             return self._next_sync
-        if self.unflushed_messages or (fsync and (self._dirty or self._dir_dirty)):
-            return self._flush_journal(fsync)
+        if self.unflushed_messages or (
+            fsync and (self._dirty or self._dir_dirty or (indexes and self._dirty_index))
+        ):
+            return self._flush_journal(fsync, indexes)
         return self._jobs[-1].future if self._jobs else done_future()
 
     def reap(self) -> None:
@@ -399,9 +405,9 @@ class Partition:
         error.__cause__ = self._failure
         return error
 
-    def _flush_journal(self, sync: bool) -> Future[None]:
+    def _flush_journal(self, sync: bool, indexes: bool = False) -> Future[None]:
         """Prepare the journal's writes (and a sync) and run them, here or on the writer."""
-        ops = self._prepare(sync)
+        ops = self._prepare(sync, indexes)
         end = self.next_offset
         if not ops:
             return self._jobs[-1].future if self._jobs else done_future()
@@ -422,7 +428,7 @@ class Partition:
             self._sync_job = job
         return future
 
-    def _prepare(self, sync: bool) -> list[Op]:
+    def _prepare(self, sync: bool, indexes: bool = False) -> list[Op]:
         ops: list[Op] = []
         journal = self._mem[self._journal_at :]
         i = 0
@@ -449,6 +455,9 @@ class Partition:
         if sync:
             ops += [SyncOp(f) for f in self._dirty.values()]
             self._dirty.clear()
+            if indexes:
+                ops += [SyncOp(f) for f in self._dirty_index.values()]
+                self._dirty_index.clear()
             if self._dir_dirty:
                 ops.append(SyncDirOp(self.io, self.directory))
                 self._dir_dirty = False
@@ -467,7 +476,7 @@ class Partition:
         nbytes = position - segment.size_bytes
         log_at, index_at = segment.advance(rows, nbytes)
         self._dirty[id(segment.log)] = segment.log
-        self._dirty[id(segment.index)] = segment.index
+        self._dirty_index[id(segment.index)] = segment.index
         return [
             WriteOp(segment.log, [p.batch.buf for p in pending], log_at, nbytes),
             WriteOp(segment.index, [rows.data], index_at, rows.nbytes),
@@ -478,7 +487,7 @@ class Partition:
         assert start_offset == old.next_offset
         old.seal()
         self._dirty.pop(id(old.log), None)
-        self._dirty.pop(id(old.index), None)
+        self._dirty_index.pop(id(old.index), None)
         self._segments.append(Segment.create(self.io, self.directory, start_offset))
         self._segment_starts.append(start_offset)
         self._dir_dirty = True
@@ -758,6 +767,7 @@ class Partition:
         self._mem_head = self._unwritten_at = self._journal_at = self._cached_bytes = 0
         self.unflushed_messages = self.unflushed_bytes = 0
         self._dirty.clear()
+        self._dirty_index.clear()
         self._segments = [Segment.create(self.io, self.directory, 0)]
         self._segment_starts = [0]
         self._dir_dirty = True
