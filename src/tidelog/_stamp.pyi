@@ -5,6 +5,14 @@ import numpy as np
 # Any object with the buffer protocol; these are the ones tidelog passes.
 _Bytes = bytes | bytearray | memoryview | np.ndarray
 
+def validate(
+    index: _Bytes,
+    messages: _Bytes,
+    count: int,
+    max_payload: int,
+    max_user_headers: int,
+    /,
+) -> tuple[int, bytearray | None]: ...  # (0, native int64 ends) or (status, None)
 def zero_ids(buf: _Bytes, ends: np.ndarray | memoryview, /) -> int: ...
 def stamp(
     buf: _Bytes,  # must be writable: checked at run time (ValueError)

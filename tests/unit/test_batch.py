@@ -202,6 +202,79 @@ def test_parse_given_user_headers_when_parsed_should_count_them_in_message_size(
     assert batch.ends.tolist() == [64 + 3 + 10, 64 + 3 + 10 + 64 + 4]
 
 
+def test_parse_given_valid_batch_when_parsed_should_give_writable_int64_ends() -> None:
+    index, area = encode([b"a", b"bb"])
+    ends = parse_send_batch(index, area, 2).ends
+    assert ends.dtype == np.int64 and ends.flags.writeable
+    ends[0] = 1  # callers may reuse the array
+
+
+# Faults as "kind@message"; each batch has three messages and limits of 8 payload and 8 user
+# header bytes (patched), so that a limit fault is a small, consistent, oversized message.
+PRECEDENCE_LIMIT_BYTES = 8
+
+
+def _faulty_batch(faults: list[str]) -> tuple[bytes, bytearray]:
+    where: dict[str, int] = {}
+    for fault in faults:
+        kind, _, at = fault.partition("@")
+        where[kind] = int(at) if at else -1
+    over = PRECEDENCE_LIMIT_BYTES + 1
+    payloads = [b"p" * (over if where.get("payload") == i else 2) for i in range(3)]
+    headers = [b"h" * (over if where.get("user_headers") == i else 0) for i in range(3)]
+    index_bytes, area = encode(payloads, user_headers=headers)
+    index = bytearray(index_bytes)
+    ends = [struct.unpack_from("<I", index, 16 * i + 4)[0] for i in range(3)]
+    starts = [0, *ends[:-1]]
+    for kind, i in where.items():
+        if kind == "offset":
+            struct.pack_into("<I", index, 16 * i, 1)
+        elif kind == "timestamp":
+            struct.pack_into("<Q", index, 16 * i + 8, 1)
+        elif kind == "span":
+            struct.pack_into("<I", index, 16 * i + 4, starts[i] + 10)
+        elif kind == "size":
+            area += b"x"
+        elif kind == "fill":
+            struct.pack_into("<I", area, starts[i] + 52, len(payloads[i]) + 1)
+        elif kind == "reserved":
+            area[starts[i] + 60] = 1
+        else:
+            assert kind in ("payload", "user_headers")
+    return bytes(index), area
+
+
+# The later fault sits in an earlier message, so that stopping at the first faulty message
+# would give the wrong answer: each kind of check runs over the whole batch before the next.
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [
+        (["offset@2", "timestamp@0"], Status.NON_ZERO_OFFSET),
+        (["offset@2", "reserved@0", "span@1"], Status.NON_ZERO_OFFSET),
+        (["timestamp@2", "span@0"], Status.NON_ZERO_TIMESTAMP),
+        (["span@2", "size"], Status.MISSING_INDEX),
+        (["size", "fill@0"], Status.INVALID_MESSAGES_SIZE),
+        (["fill@2", "payload@0"], Status.MISSING_INDEX),
+        (["payload@2", "user_headers@0"], Status.TOO_BIG_MESSAGE_PAYLOAD),
+        (["user_headers@2", "reserved@0"], Status.TOO_BIG_USER_HEADERS),
+        (["reserved@2"], Status.INVALID_RESERVED_FIELD),
+        ([], None),
+    ],
+)
+def test_parse_given_several_faults_when_parsed_should_report_the_first_kind_checked(
+    faults: list[str], status: Status | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch_module, "MAX_PAYLOAD_BYTES", PRECEDENCE_LIMIT_BYTES)
+    monkeypatch.setattr(batch_module, "MAX_USER_HEADERS_BYTES", PRECEDENCE_LIMIT_BYTES)
+    index, area = _faulty_batch(faults)
+    if status is None:
+        assert parse_send_batch(index, area, 3).size_bytes == len(area)
+        return
+    with pytest.raises(IggyError) as e:
+        parse_send_batch(index, area, 3)
+    assert e.value.status == status
+
+
 @pytest.mark.parametrize("uniform", [True, False], ids=["same-size", "mixed-size"])
 def test_stamp_given_batch_when_stamped_should_set_offsets_timestamp_and_checksums(uniform: bool) -> None:
     payloads = [b"p" * 10 for _ in range(5)] if uniform else [b"p" * n for n in (0, 3, 10, 1, 7)]

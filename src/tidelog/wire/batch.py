@@ -13,12 +13,13 @@ both are kept lean on purpose:
 When every message of a batch has the same size (the usual producer case) the header fields
 are reached through a strided view over the buffer instead of fancy indexing: no copy at all.
 
-Stamping and checksum checks have a C kernel, `tidelog._stamp` (src/tidelog/native/stamp.c),
-built by `pip install -e .` when a compiler is at hand: one loop, GIL released, instead of a
-dozen numpy calls on small arrays and a Python call per checksum. It is optional: without it,
-or with TIDELOG_NO_NATIVE=1 in the environment at import, the numpy path below runs, and gives
-byte-identical results (tests/unit/test_batch_native.py holds the two to that). `NATIVE` says
-which path is active.
+Validation, stamping and checksum checks have a C kernel, `tidelog._stamp`
+(src/tidelog/native/stamp.c), built by `pip install -e .` when a compiler is at hand: one loop
+(GIL released where the batch is big enough to pay for it) instead of a dozen numpy calls on
+small arrays and a Python call per checksum. It is optional: without it, or with
+TIDELOG_NO_NATIVE=1 in the environment at import, the numpy path below runs, and gives
+byte-identical results and the same error statuses (tests/unit/test_batch_native.py holds the
+two to that). `NATIVE` says which path is active.
 """
 
 from __future__ import annotations
@@ -193,6 +194,15 @@ def parse_send_batch(
             Status.INVALID_INDEXES_BYTE_SIZE, f"{index_mv.nbytes} index bytes for {count} messages"
         )
     mv = _as_bytes_view(messages)
+    native = _native
+    if native is not None:
+        # One C pass makes the checks below in the same order; the numpy lines are the reference.
+        status, ends_raw = native.validate(index_mv, mv, count, MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES)
+        if status:
+            raise _native_failure(Status(status), index_mv, mv, count)
+        if mv.readonly:
+            mv = memoryview(bytearray(mv))
+        return Batch(count=count, buf=mv, ends=np.frombuffer(ends_raw, dtype=np.int64))
     if mv.readonly:
         mv = memoryview(bytearray(mv))
     idx = np.frombuffer(index_mv, dtype=INDEX_DTYPE, count=count)
@@ -228,6 +238,16 @@ def parse_send_batch(
     if bool(tail[:, 8:].any()):
         raise IggyError(Status.INVALID_RESERVED_FIELD)
     return Batch(count=count, buf=mv, ends=ends)
+
+
+def _native_failure(status: Status, index_mv: memoryview, mv: memoryview, count: int) -> IggyError:
+    """The kernel's status as the error the numpy path raises; details where they are cheap."""
+    if status == Status.INVALID_MESSAGES_SIZE:
+        last_end = int(np.frombuffer(index_mv, dtype=INDEX_DTYPE, count=count)["position"][-1])
+        return IggyError(status, f"index ends at {last_end}, area holds {mv.nbytes}")
+    if status == Status.MISSING_INDEX:
+        return IggyError(status, "index positions do not match the message headers")
+    return IggyError(status)
 
 
 def _checksums(buf: memoryview, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
