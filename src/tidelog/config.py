@@ -60,6 +60,9 @@ class SystemConfig:
 class DurabilityConfig:
     fsync: FsyncPolicy = FsyncPolicy.INTERVAL
     fsync_interval_ms: int = 1000
+    # Buffered io: start the kernel's writeback every this many bytes appended to a segment,
+    # so the periodic fsync never waits on seconds of dirty pages (0 = leave it to the kernel).
+    writeback_bytes: int = 4 * MIB
     # The in-memory journal is written to the segment files when any of these trips.
     flush_messages: int = 1024
     flush_bytes: int = 1 * MIB
@@ -106,6 +109,8 @@ class Config:
             raise ConfigError("durability intervals must be positive")
         if self.system.io not in ("buffered", "direct"):
             raise ConfigError(f"system.io must be 'buffered' or 'direct', got {self.system.io!r}")
+        if self.durability.writeback_bytes < 0:
+            raise ConfigError("durability.writeback_bytes must be >= 0")
         if self.tcp.max_poll_reply_bytes < 1 or self.system.partition_cache_bytes < 0:
             raise ConfigError("tcp.max_poll_reply_bytes must be positive, partition_cache_bytes >= 0")
         host, _, port = self.tcp.address.rpartition(":")

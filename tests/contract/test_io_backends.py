@@ -369,3 +369,35 @@ def test_aligned_pool_given_leases_when_released_should_reuse_page_aligned_buffe
     pool.release(b)
     pool.clear()
     assert pool.cached_bytes() == 0
+
+
+def test_buffered_given_writeback_bytes_when_appending_should_hand_ranges_to_writeback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append((offset, nbytes, flags))
+        return 0
+
+    monkeypatch.setattr(io_module, "_SYNC_FILE_RANGE", record)
+    f = BufferedIO(writeback_bytes=1000).open(tmp_path / "a")
+    offset = 0
+    for size in (400, 400, 400, 1500, 10):
+        f.pwritev([b"x" * size], offset)
+        offset += size
+    # Handed over once 1000 bytes had accumulated, then for the 1500-byte write; the last 10
+    # bytes wait for more.
+    assert calls == [(0, 1200, 2), (1200, 1500, 2)]
+    assert f.pread(offset, 0) == b"x" * offset
+    f.close()
+
+
+def test_buffered_given_writeback_when_real_syscall_should_keep_data_intact(tmp_path: Path) -> None:
+    f = BufferedIO(writeback_bytes=4096).open(tmp_path / "a")
+    data = os.urandom(1 << 20)
+    for i in range(0, len(data), 65536):
+        f.pwritev([data[i : i + 65536]], i)
+    f.fdatasync()
+    assert f.pread(len(data), 0) == data
+    f.close()

@@ -113,7 +113,7 @@ class Shard:
             verify_checksums_on_open=config.system.verify_checksums_on_open,
             cache_bytes=config.system.partition_cache_bytes,
         )
-        self.io: FileIO = BufferedIO()
+        self.io: FileIO = BufferedIO(writeback_bytes=config.durability.writeback_bytes)
         # Disk writes run on this thread so the event loop keeps serving while they happen.
         self.writer = Writer(on_complete=self._on_write_done)
         self._loop: asyncio.AbstractEventLoop | None = None
