@@ -195,7 +195,8 @@ class _OsFile(File):
             self._writeback_from = start
         if end - self._writeback_from >= self._writeback_bytes:
             assert _SYNC_FILE_RANGE is not None
-            _SYNC_FILE_RANGE(self._fd, self._writeback_from, end - self._writeback_from, _SYNC_FILE_RANGE_WRITE)
+            start = self._writeback_from
+            _SYNC_FILE_RANGE(self._fd, start, end - start, _SYNC_FILE_RANGE_WRITE)
             self._writeback_from = end
 
     def pread(self, length: int, offset: int) -> bytes:
