@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, TypeAlias, assert_never, overload
 
 from tidelog.permissions import GlobalPermissions, Permissions, StreamPermissions, TopicPermissions
@@ -31,23 +30,15 @@ from tidelog.wire.codes import (
     U64_MAX,
     USERNAME_LEN_MAX,
     USERNAME_LEN_MIN,
+    CompressionAlgorithm,
     IggyError,
     Status,
+    UserStatus,
 )
 
 ROOT_USER_ID = 0
 NAME_LEN_MIN, NAME_LEN_MAX = 1, 255  # stream, topic and group names (the wire Name type)
 SNAPSHOT_FORMAT = 1
-
-
-class UserStatus(IntEnum):
-    ACTIVE = 1
-    INACTIVE = 2
-
-
-class CompressionAlgorithm(IntEnum):
-    NONE = 1
-    GZIP = 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -141,6 +141,16 @@ class Status(IntEnum):
     CANNOT_READ_INDEX_POSITION = 10011
 
 
+class UserStatus(IntEnum):
+    ACTIVE = 1
+    INACTIVE = 2
+
+
+class CompressionAlgorithm(IntEnum):
+    NONE = 1
+    GZIP = 2
+
+
 class IggyError(Exception):
     """An error that travels to the client as a status code (the text stays on the server).
 

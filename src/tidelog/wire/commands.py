@@ -30,8 +30,10 @@ from tidelog.wire.codes import (
     POLL_REPLY_HEADER_SIZE,
     U32_MAX,
     Command,
+    CompressionAlgorithm,
     IggyError,
     Status,
+    UserStatus,
 )
 
 BytesLike = bytes | bytearray | memoryview
@@ -59,16 +61,6 @@ class PartitioningKind(IntEnum):
     BALANCED = 1
     PARTITION_ID = 2
     MESSAGES_KEY = 3
-
-
-class CompressionAlgorithm(IntEnum):
-    NONE = 1
-    GZIP = 2
-
-
-class UserStatus(IntEnum):
-    ACTIVE = 1
-    INACTIVE = 2
 
 
 class Transport(IntEnum):
