@@ -82,6 +82,7 @@ class Dispatcher:
         self.send_limit_bytes = shard.config.tcp.max_send_payload_bytes
         self.fsync_always = shard.config.durability.fsync is FsyncPolicy.ALWAYS
         self.max_poll_bytes = shard.config.tcp.max_poll_reply_bytes
+        self.heartbeat_enabled = shard.config.heartbeat.enabled
         self.handlers: dict[int, Handler] = {
             Command.PING: self.ping,
             Command.GET_STATS: self.get_stats,
@@ -161,6 +162,10 @@ class Dispatcher:
         if session.client_id not in self.shard.sessions:
             # Evicted (heartbeat): the reference server answers StaleClient and closes.
             raise CloseConnection([framing.error_frame(Status.STALE_CLIENT)])
+        if self.heartbeat_enabled:
+            # Any request shows the client is alive, not only Ping: a busy producer that never
+            # pings must not be evicted.
+            session.last_heartbeat_us = self.shard.clock_us()
         if code not in UNAUTHENTICATED_COMMANDS and session.user_id is None:
             if code in self.handlers or code in (Command.SEND_MESSAGES, Command.POLL_MESSAGES):
                 raise IggyError(Status.UNAUTHENTICATED)
