@@ -86,8 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="TOML configuration file")
     serve.add_argument("--data-dir", type=Path, default=None, help="where data lives (default local_data)")
     serve.add_argument("--tcp-address", default=None, help="HOST:PORT to listen on (default 127.0.0.1:8090)")
-    serve.add_argument("--fsync", choices=["always", "interval", "never"], default=None)
-    serve.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    serve.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default=None,
+        help="always: fdatasync before every send is acknowledged; interval (default): every "
+        "durability.fsync_interval_ms; never: leave it to the kernel",
+    )
+    serve.add_argument(
+        "--event-loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop (default uvloop)"
+    )
     serve.set_defaults(func=cmd_serve)
     add_bench_parser(sub)
     return parser
