@@ -51,9 +51,10 @@ class SystemConfig:
     # "buffered" (page cache) or "direct" (O_DIRECT segment logs; needs a filesystem that
     # supports it, checked at start).
     io: str = "buffered"
-    # Per partition: recently written batches kept in memory so tailing consumers never read
-    # the disk.
+    # Recently written batches kept in memory so tailing consumers never read the disk: at
+    # most this much per partition, and this much in all (shared evenly among partitions).
     partition_cache_bytes: int = 32 * MIB
+    cache_bytes: int = 512 * MIB
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class Config:
             raise ConfigError(f"system.io must be 'buffered' or 'direct', got {self.system.io!r}")
         if self.durability.writeback_bytes < 0:
             raise ConfigError("durability.writeback_bytes must be >= 0")
+        if self.system.cache_bytes < 0:
+            raise ConfigError("system.cache_bytes must be >= 0")
         if self.tcp.max_poll_reply_bytes < 1 or self.system.partition_cache_bytes < 0:
             raise ConfigError("tcp.max_poll_reply_bytes must be positive, partition_cache_bytes >= 0")
         host, _, port = self.tcp.address.rpartition(":")

@@ -205,7 +205,18 @@ class Shard:
             self.partition_dir(key), key[2], self.partition_config, io=self.io, writer=self.writer
         )
         self.partitions[key] = part
+        self._share_cache()
         return part
+
+    def _share_cache(self) -> None:
+        """Splits the shard's tail-cache memory evenly among its partitions."""
+        if not self.partitions:
+            return
+        share = self.config.system.cache_bytes // len(self.partitions)
+        budget = min(self.config.system.partition_cache_bytes, share)
+        for part in self.partitions.values():
+            if part.cache_budget_bytes != budget:
+                part.set_cache_budget(budget)
 
     def apply(self, op: Op) -> object:
         """Applies a metadata op and makes it durable before anyone sees the result."""
@@ -278,6 +289,7 @@ class Shard:
         self._dirty.discard(key)
         if part is not None:
             part.destroy()
+            self._share_cache()
         else:
             shutil.rmtree(self.partition_dir(key), ignore_errors=True)
 

@@ -324,6 +324,17 @@ class Partition:
             self._flush_journal(cfg.fsync_on_flush)
         return self.next_offset - 1
 
+    @property
+    def cache_budget_bytes(self) -> int:
+        return self._cache_budget
+
+    def set_cache_budget(self, budget_bytes: int) -> None:
+        """Resize the tail cache (the owner shares one memory budget among its partitions).
+        Shrinking evicts at the next reap; without a writer there is no cache."""
+        assert budget_bytes >= 0
+        if self._writer is not None:
+            self._cache_budget = budget_bytes
+
     def flush(self, fsync: bool) -> None:
         """Write the journal to the segments and wait for it (and for every earlier write);
         fdatasync logs and indexes if asked or configured. Raises OSError when a write failed."""

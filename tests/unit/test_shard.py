@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tidelog import metadata as md
+from tidelog.config import Config, SystemConfig
+from tidelog.server.shard import Shard
+from tidelog.storage.partition import Partition, PartitionConfig
+from tidelog.storage.writer import Writer
+from tidelog.wire.batch import parse_send_batch
+
+MIB = 1 << 20
+
+
+def test_shard_given_many_partitions_when_opened_should_share_the_cache_budget(tmp_path: Path) -> None:
+    config = Config(
+        data_dir=tmp_path,
+        system=SystemConfig(cache_bytes=100 * MIB, partition_cache_bytes=32 * MIB),
+    )
+    shard = Shard(config)
+    shard.open()
+    try:
+        stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
+        assert isinstance(stream, md.StreamMeta)
+        topic = shard.apply(
+            md.CreateTopic(
+                stream_id=stream.id,
+                name="t",
+                partitions_count=10,
+                compression_algorithm=1,
+                message_expiry=0,
+                max_topic_size=0,
+                replication_factor=0,
+                created_at_us=1,
+            )
+        )
+        assert isinstance(topic, md.TopicMeta)
+        keys = [(stream.id, topic.id, pid) for pid in sorted(topic.partitions)]
+        shard.open_partition(keys[0])
+        assert shard.partitions[keys[0]].cache_budget_bytes == 32 * MIB  # capped per partition
+        for key in keys[1:]:
+            shard.open_partition(key)
+        assert {p.cache_budget_bytes for p in shard.partitions.values()} == {10 * MIB}
+        for key in keys[5:]:
+            shard.drop_partition(key)
+        assert {p.cache_budget_bytes for p in shard.partitions.values()} == {20 * MIB}
+    finally:
+        shard.close()
+
+
+def _batch(count: int, size: int) -> object:
+    area = bytearray()
+    index = bytearray()
+    for _ in range(count):
+        # 64-byte header: checksum, id, offset, timestamp, origin (48 bytes, zero), then
+        # user_headers_length 0, payload_length, reserved 0; then the payload.
+        area += bytes(48) + (0).to_bytes(4, "little") + size.to_bytes(4, "little") + bytes(8) + b"x" * size
+        index += (0).to_bytes(4, "little") + len(area).to_bytes(4, "little") + bytes(8)
+    return parse_send_batch(memoryview(bytes(index)), memoryview(area), count)
+
+
+def test_partition_given_smaller_cache_budget_when_reaped_should_release_memory(tmp_path: Path) -> None:
+    writer = Writer()
+    try:
+        config = PartitionConfig(flush_messages=10, cache_bytes=8 * MIB)
+        part = Partition.open(tmp_path / "p", 0, config, writer=writer)
+        for _ in range(20):
+            part.append(_batch(10, 1000), 1, os.urandom)  # type: ignore[arg-type]
+        part.flush(fsync=False)
+        held = part.held_bytes
+        assert held > 100_000  # written batches stay cached
+        part.set_cache_budget(0)
+        part.flush(fsync=False)  # reaps
+        assert part.held_bytes < held and part.held_bytes == 0
+        assert part.poll(0, 1000).count == 200  # still readable, now from disk
+        part.close()
+    finally:
+        writer.close()
