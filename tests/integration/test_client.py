@@ -669,10 +669,11 @@ async def test_consumer_given_idle_topic_should_back_off_instead_of_spinning(cli
     task = asyncio.create_task(read())
     await asyncio.sleep(0.2)
     idle_requests = client.requests_count - before
-    # 1, 2, 4, ... 50 ms sleeps: about ten polls; a spinning loop would send thousands.
-    assert 3 <= idle_requests <= 20, idle_requests
+    # 1, 2, 4, ... 50 ms sleeps: about ten polls; a spinning loop would send thousands. (The
+    # lower bound only shows it polls at all: a loaded machine may starve this process.)
+    assert 1 <= idle_requests <= 20, idle_requests
     await client.send_messages(stream, topic, Partitioning.partition_id(0), [b"wake"])
-    for _ in range(100):
+    for _ in range(500):
         if got:
             break
         await asyncio.sleep(0.01)

@@ -13,7 +13,7 @@ from tidelog.wire import commands as c
 CONFIG = """
 [heartbeat]
 enabled = true
-interval_ms = 300
+interval_ms = 500
 """
 
 
@@ -37,12 +37,13 @@ def test_heartbeat_given_silent_client_when_interval_passes_should_evict_it_and_
         busy.call(c.JoinConsumerGroup(stream, topic, "g"))
         assert _members(admin, stream, topic) == 2
         # `busy` keeps sending real work (no pings); `admin` reads; `silent` says nothing.
-        deadline = time.monotonic() + 1.5
+        # Evicted after 1.2 x 500 ms of silence, found by a check every 500 ms: within 1.1 s.
+        deadline = time.monotonic() + 2.5
         while time.monotonic() < deadline:
             busy.send(stream, topic, 0, [b"work"])
             assert _members(admin, stream, topic) >= 1
             time.sleep(0.05)
-        assert silent.is_closed_by_server()
+        assert silent.is_closed_by_server(wait_s=5)
         assert wait_until(lambda: _members(admin, stream, topic) == 1)
         busy.send(stream, topic, 0, [b"still here"])  # the busy client was never evicted
     srv.stop()
