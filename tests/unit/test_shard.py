@@ -77,3 +77,35 @@ def test_partition_given_smaller_cache_budget_when_reaped_should_release_memory(
         part.close()
     finally:
         writer.close()
+
+
+class _FakePartition:
+    def __init__(self, fail: bool) -> None:
+        self.unflushed_messages = 1
+        self.failed = False
+        self.fail = fail
+        self.flushes = 0
+
+    def flush_async(self, fsync: bool) -> None:
+        self.flushes += 1
+        if self.fail:
+            raise OSError("disk on fire")
+
+
+def test_shard_given_one_failing_partition_when_ticking_should_flush_the_others_and_keep_going(
+    tmp_path: Path, caplog: object
+) -> None:
+    shard = Shard(Config(data_dir=tmp_path))
+    good_before, bad, good_after = _FakePartition(False), _FakePartition(True), _FakePartition(False)
+    shard.partitions = {(0, 0, 0): good_before, (0, 0, 1): bad, (0, 0, 2): good_after}  # type: ignore[dict-item]
+    try:
+        shard.flush_all(fsync=False)
+    except OSError as exc:
+        assert "(0, 0, 1)" in str(exc)
+    else:
+        raise AssertionError("the failure must be reported")
+    assert (good_before.flushes, bad.flushes, good_after.flushes) == (1, 1, 1)
+    Shard._tick(shard.flush_all, False)  # logs instead of raising: the ticker task survives
+    assert good_after.flushes == 2
+    shard.partitions = {}
+    shard.writer.close()

@@ -306,23 +306,38 @@ class Shard:
         the last sync. Does not wait: the writer works while the loop serves."""
         if fsync:
             dirty, self._dirty = self._dirty, set()
+        failed: list[PartitionKey] = []
         for key, part in self.partitions.items():
             sync = fsync and key in dirty
             if (part.unflushed_messages or sync) and not part.failed:
-                part.flush_async(fsync=sync)
+                try:
+                    part.flush_async(fsync=sync)
+                except OSError:
+                    failed.append(key)
+        if failed:
+            raise OSError(f"flushing partitions {failed} failed")
 
     # ---- background work ---------------------------------------------------------------
     async def _flush_ticker(self) -> None:
         interval_s = self.config.durability.flush_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
-            self.flush_all(fsync=False)
+            self._tick(self.flush_all, False)
 
     async def _fsync_ticker(self) -> None:
         interval_s = self.config.durability.fsync_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
-            self.flush_all(fsync=True)
+            self._tick(self.flush_all, True)
+
+    @staticmethod
+    def _tick(work: Callable[[bool], None], fsync: bool) -> None:
+        # One failing pass (a partition's disk error, say) must not end the ticker: every
+        # later flush and sync of every other partition depends on it.
+        try:
+            work(fsync)
+        except Exception:
+            log.exception("periodic %s failed; retrying next tick", "fsync" if fsync else "flush")
 
     async def _retention_ticker(self) -> None:
         interval_s = self.config.retention.cleaner_interval_ms / 1000
