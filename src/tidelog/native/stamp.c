@@ -135,6 +135,29 @@ static int get_writable(PyObject *obj, Py_buffer *view) {
     return -1;
 }
 
+/*
+ * The (buf, ends) pair every kernel takes: buf (writable when asked) and the int64 end
+ * positions, checked against each other. On failure both are released and -1 returned.
+ */
+static int get_messages(PyObject *buf_obj, PyObject *ends_obj, int writable, Py_buffer *buf,
+                        Py_buffer *ends, Py_ssize_t *count) {
+    int got = writable ? get_writable(buf_obj, buf) : PyObject_GetBuffer(buf_obj, buf, PyBUF_SIMPLE);
+    if (got < 0) {
+        return -1;
+    }
+    if (get_ends(ends_obj, ends) < 0) {
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    *count = ends->len / 8;
+    if (check_ends((const int64_t *)ends->buf, *count, buf->len) < 0) {
+        PyBuffer_Release(ends);
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    return 0;
+}
+
 static int as_u64(PyObject *obj, const char *name, uint64_t *out) {
     if (!PyLong_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int", name);
@@ -171,19 +194,12 @@ static PyObject *zero_ids(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_buffer buf, ends;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
+    Py_ssize_t count;
+    if (get_messages(buf_obj, ends_obj, 0, &buf, &ends, &count) < 0) {
         return NULL;
     }
-    if (get_ends(ends_obj, &ends) < 0) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    Py_ssize_t count = ends.len / 8;
-    PyObject *result = NULL;
-    if (check_ends((const int64_t *)ends.buf, count, buf.len) == 0) {
-        result = PyLong_FromSsize_t(
-            count_zero_ids((const uint8_t *)buf.buf, (const int64_t *)ends.buf, count));
-    }
+    PyObject *result =
+        PyLong_FromSsize_t(count_zero_ids((const uint8_t *)buf.buf, (const int64_t *)ends.buf, count));
     PyBuffer_Release(&ends);
     PyBuffer_Release(&buf);
     return result;
@@ -213,11 +229,8 @@ static PyObject *stamp(PyObject *module, PyObject *args) {
     random.buf = NULL;
     random.len = 0;
     int have_random = 0;
-    if (get_writable(buf_obj, &buf) < 0) {
-        return NULL;
-    }
-    if (get_ends(ends_obj, &ends) < 0) {
-        PyBuffer_Release(&buf);
+    Py_ssize_t count;
+    if (get_messages(buf_obj, ends_obj, 1, &buf, &ends, &count) < 0) {
         return NULL;
     }
     if (random_obj != Py_None) {
@@ -229,10 +242,6 @@ static PyObject *stamp(PyObject *module, PyObject *args) {
 
     uint8_t *base = (uint8_t *)buf.buf;
     const int64_t *end_at = (const int64_t *)ends.buf;
-    Py_ssize_t count = ends.len / 8;
-    if (check_ends(end_at, count, buf.len) < 0) {
-        goto fail;
-    }
     if (count && base_offset > UINT64_MAX - (uint64_t)(count - 1)) {
         PyErr_SetString(PyExc_ValueError, "base_offset + count - 1 overflows 64 bits");
         goto fail;
@@ -299,21 +308,12 @@ static PyObject *checksums_verify(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_buffer buf, ends;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (get_ends(ends_obj, &ends) < 0) {
-        PyBuffer_Release(&buf);
+    Py_ssize_t count;
+    if (get_messages(buf_obj, ends_obj, 0, &buf, &ends, &count) < 0) {
         return NULL;
     }
     const uint8_t *base = (const uint8_t *)buf.buf;
     const int64_t *end_at = (const int64_t *)ends.buf;
-    Py_ssize_t count = ends.len / 8;
-    if (check_ends(end_at, count, buf.len) < 0) {
-        PyBuffer_Release(&ends);
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
     Py_ssize_t bad = -1;
     Py_BEGIN_ALLOW_THREADS
     int64_t start = 0;

@@ -17,7 +17,7 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol, cast
 
 from tidelog.storage.io import FileRange
@@ -293,6 +293,3 @@ class Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-
-
-ConnectionFactory = Callable[[], Connection]

@@ -214,11 +214,9 @@ class Dispatcher:
         return self.md.require_topic(self.md.require_stream(stream_ident), topic_ident)
 
     def _partition(self, topic: md.TopicMeta, partition_id: int) -> tuple[PartitionKey, Partition]:
+        self.md.require_partition(topic, partition_id)
         key = (topic.stream_id, topic.id, partition_id)
-        part = self.shard.partitions.get(key)
-        if part is None or partition_id not in topic.partitions:
-            raise IggyError(Status.PARTITION_NOT_FOUND)
-        return key, part
+        return key, self.shard.partitions[key]  # the shard opens every partition metadata names
 
     def _stream_info(self, stream: md.StreamMeta) -> c.StreamInfo:
         size, count = self.shard.stream_totals(stream)
@@ -536,7 +534,7 @@ class Dispatcher:
         if found is None:
             raise IggyError(Status.RESOURCE_NOT_FOUND)
         user, pat = found
-        if pat.expiry_at_us and pat.expiry_at_us <= self.shard.clock_us():
+        if pat.expired(self.shard.clock_us()):
             raise IggyError(Status.PERSONAL_ACCESS_TOKEN_EXPIRED)
         if user.status != 1:
             raise IggyError(Status.USER_INACTIVE)

@@ -55,7 +55,6 @@ class Session:
     client_id: int
     address: str
     conn: Connection | None
-    connected_at_us: int
     last_heartbeat_us: int
     user_id: int | None = None
     # Per consumer group (stream, topic, group): the partition this member last polled, which
@@ -256,7 +255,7 @@ class Shard:
     # ---- sessions ----------------------------------------------------------------------
     def open_session(self, conn: Connection | None, address: str) -> Session:
         now = self.clock_us()
-        session = Session(self._next_client_id, address, conn, now, now)
+        session = Session(self._next_client_id, address, conn, now)
         self._next_client_id += 1
         self.sessions[session.client_id] = session
         return session

@@ -159,16 +159,13 @@ class MetaLog:
     of the disk and the process must stop (`MetaLogBroken` on later calls enforces that).
     """
 
-    def __init__(
-        self, directory: Path, metadata: Metadata, fd: int, end_offset: int, compact_every_records: int
-    ) -> None:
+    def __init__(self, directory: Path, metadata: Metadata, fd: int, compact_every_records: int) -> None:
         self.directory = directory
         self.log_path = directory / LOG_NAME
         self.snapshot_path = directory / SNAPSHOT_NAME
         self.compact_every_records = compact_every_records
         self._metadata = metadata
         self._fd: int | None = fd
-        self._end_offset = end_offset
         self._revision = metadata.revision
         self._records_since_compaction = 0
         self._broken = False
@@ -208,7 +205,7 @@ class MetaLog:
         if created:
             _fsync_dir(directory)
         assert os.fstat(fd).st_size == end
-        return cls(directory, metadata, fd, end, compact_every_records), metadata
+        return cls(directory, metadata, fd, compact_every_records), metadata
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -235,7 +232,6 @@ class MetaLog:
         except OSError:
             self._broken = True
             raise
-        self._end_offset += len(record)
         self._revision = rev
         self._records_since_compaction += 1
         if self._records_since_compaction >= self.compact_every_records:
@@ -258,7 +254,6 @@ class MetaLog:
             raise
         os.close(self._fd)
         self._fd = new_fd
-        self._end_offset = 0
         self._records_since_compaction = 0
 
     def close(self) -> None:

@@ -552,8 +552,8 @@ def decode_optional_permissions(data: BytesLike) -> Permissions | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Ping:
-    CODE: ClassVar[Command] = Command.PING
+class _NoArgs:
+    """Requests with an empty payload. Subclasses only add their CODE."""
 
     @classmethod
     def decode(cls, payload: BytesLike) -> Self:
@@ -564,15 +564,13 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class GetStats:
+class Ping(_NoArgs):
+    CODE: ClassVar[Command] = Command.PING
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_STATS
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,27 +598,13 @@ class GetSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class GetClusterMetadata:
+class GetClusterMetadata(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_CLUSTER_METADATA
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
-class GetMe:
+class GetMe(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_ME
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -637,20 +621,14 @@ class GetClient:
 
 
 @dataclass(frozen=True, slots=True)
-class GetClients:
+class GetClients(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_CLIENTS
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
-class GetUser:
-    CODE: ClassVar[Command] = Command.GET_USER
+class _UserRef:
+    """Requests naming one user. Subclasses only add their CODE."""
+
     user_id: Identifier
 
     @classmethod
@@ -662,15 +640,13 @@ class GetUser:
 
 
 @dataclass(frozen=True, slots=True)
-class GetUsers:
+class GetUser(_UserRef):
+    CODE: ClassVar[Command] = Command.GET_USER
+
+
+@dataclass(frozen=True, slots=True)
+class GetUsers(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_USERS
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 def _user_status(value: int) -> int:
@@ -705,16 +681,8 @@ class CreateUser:
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteUser:
+class DeleteUser(_UserRef):
     CODE: ClassVar[Command] = Command.DELETE_USER
-    user_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls(Reader(payload).identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.user_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -815,27 +783,13 @@ class LoginUser:
 
 
 @dataclass(frozen=True, slots=True)
-class LogoutUser:
+class LogoutUser(_NoArgs):
     CODE: ClassVar[Command] = Command.LOGOUT_USER
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
-class GetPersonalAccessTokens:
+class GetPersonalAccessTokens(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_PERSONAL_ACCESS_TOKENS
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -859,8 +813,9 @@ class CreatePersonalAccessToken:
 
 
 @dataclass(frozen=True, slots=True)
-class DeletePersonalAccessToken:
-    CODE: ClassVar[Command] = Command.DELETE_PERSONAL_ACCESS_TOKEN
+class _NameRef:
+    """Requests carrying one Name. Subclasses only add their CODE."""
+
     name: str
 
     @classmethod
@@ -871,6 +826,11 @@ class DeletePersonalAccessToken:
         w = Writer()
         w.name(self.name)
         return w.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePersonalAccessToken(_NameRef):
+    CODE: ClassVar[Command] = Command.DELETE_PERSONAL_ACCESS_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -964,8 +924,9 @@ class FlushUnsavedBuffer:
 
 
 @dataclass(frozen=True, slots=True)
-class GetConsumerOffset:
-    CODE: ClassVar[Command] = Command.GET_CONSUMER_OFFSET
+class _OffsetRef:
+    """Consumer-offset requests without an offset (get, delete). Subclasses only add their CODE."""
+
     consumer: Consumer
     stream_id: Identifier
     topic_id: Identifier
@@ -986,6 +947,11 @@ class GetConsumerOffset:
         w.identifier(self.topic_id)
         w.opt_partition(self.partition_id)
         return w.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class GetConsumerOffset(_OffsetRef):
+    CODE: ClassVar[Command] = Command.GET_CONSUMER_OFFSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -1017,33 +983,14 @@ class StoreConsumerOffset:
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteConsumerOffset:
+class DeleteConsumerOffset(_OffsetRef):
     CODE: ClassVar[Command] = Command.DELETE_CONSUMER_OFFSET
-    consumer: Consumer
-    stream_id: Identifier
-    topic_id: Identifier
-    partition_id: int | None
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        consumer = r.consumer()
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(consumer, stream_id, topic_id, r.opt_partition())
-
-    def encode(self) -> bytes:
-        w = Writer()
-        w.consumer(self.consumer)
-        w.identifier(self.stream_id)
-        w.identifier(self.topic_id)
-        w.opt_partition(self.partition_id)
-        return w.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
-class GetStream:
-    CODE: ClassVar[Command] = Command.GET_STREAM
+class _StreamRef:
+    """Requests naming one stream. Subclasses only add their CODE."""
+
     stream_id: Identifier
 
     @classmethod
@@ -1055,43 +1002,23 @@ class GetStream:
 
 
 @dataclass(frozen=True, slots=True)
-class GetStreams:
+class GetStream(_StreamRef):
+    CODE: ClassVar[Command] = Command.GET_STREAM
+
+
+@dataclass(frozen=True, slots=True)
+class GetStreams(_NoArgs):
     CODE: ClassVar[Command] = Command.GET_STREAMS
 
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls()
-
-    def encode(self) -> bytes:
-        return b""
-
 
 @dataclass(frozen=True, slots=True)
-class CreateStream:
+class CreateStream(_NameRef):
     CODE: ClassVar[Command] = Command.CREATE_STREAM
-    name: str
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls(Reader(payload).name())
-
-    def encode(self) -> bytes:
-        w = Writer()
-        w.name(self.name)
-        return w.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteStream:
+class DeleteStream(_StreamRef):
     CODE: ClassVar[Command] = Command.DELETE_STREAM
-    stream_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls(Reader(payload).identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.stream_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1114,16 +1041,8 @@ class UpdateStream:
 
 
 @dataclass(frozen=True, slots=True)
-class PurgeStream:
+class PurgeStream(_StreamRef):
     CODE: ClassVar[Command] = Command.PURGE_STREAM
-    stream_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls(Reader(payload).identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.stream_id)
 
 
 def _compression(value: int) -> int:
@@ -1133,8 +1052,9 @@ def _compression(value: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class GetTopic:
-    CODE: ClassVar[Command] = Command.GET_TOPIC
+class _TopicRef:
+    """Requests naming one topic. Subclasses only add their CODE."""
+
     stream_id: Identifier
     topic_id: Identifier
 
@@ -1149,16 +1069,13 @@ class GetTopic:
 
 
 @dataclass(frozen=True, slots=True)
-class GetTopics:
+class GetTopic(_TopicRef):
+    CODE: ClassVar[Command] = Command.GET_TOPIC
+
+
+@dataclass(frozen=True, slots=True)
+class GetTopics(_StreamRef):
     CODE: ClassVar[Command] = Command.GET_TOPICS
-    stream_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        return cls(Reader(payload).identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.stream_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1199,19 +1116,8 @@ class CreateTopic:
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteTopic:
+class DeleteTopic(_TopicRef):
     CODE: ClassVar[Command] = Command.DELETE_TOPIC
-    stream_id: Identifier
-    topic_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        return cls(stream_id, r.identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.stream_id) + encode_identifier(self.topic_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1249,63 +1155,41 @@ class UpdateTopic:
 
 
 @dataclass(frozen=True, slots=True)
-class PurgeTopic:
+class PurgeTopic(_TopicRef):
     CODE: ClassVar[Command] = Command.PURGE_TOPIC
+
+
+@dataclass(frozen=True, slots=True)
+class _PartitionsChange:
+    """Create or delete partitions: a topic and a count. Subclasses only add their CODE."""
+
     stream_id: Identifier
     topic_id: Identifier
+    partitions_count: int
 
     @classmethod
     def decode(cls, payload: BytesLike) -> Self:
         r = Reader(payload)
         stream_id = r.identifier()
-        return cls(stream_id, r.identifier())
+        topic_id = r.identifier()
+        return cls(stream_id, topic_id, r.u32())
 
     def encode(self) -> bytes:
-        return encode_identifier(self.stream_id) + encode_identifier(self.topic_id)
+        return (
+            encode_identifier(self.stream_id)
+            + encode_identifier(self.topic_id)
+            + _U32.pack(self.partitions_count)
+        )
 
 
 @dataclass(frozen=True, slots=True)
-class CreatePartitions:
+class CreatePartitions(_PartitionsChange):
     CODE: ClassVar[Command] = Command.CREATE_PARTITIONS
-    stream_id: Identifier
-    topic_id: Identifier
-    partitions_count: int
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(stream_id, topic_id, r.u32())
-
-    def encode(self) -> bytes:
-        return (
-            encode_identifier(self.stream_id)
-            + encode_identifier(self.topic_id)
-            + _U32.pack(self.partitions_count)
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class DeletePartitions:
+class DeletePartitions(_PartitionsChange):
     CODE: ClassVar[Command] = Command.DELETE_PARTITIONS
-    stream_id: Identifier
-    topic_id: Identifier
-    partitions_count: int
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(stream_id, topic_id, r.u32())
-
-    def encode(self) -> bytes:
-        return (
-            encode_identifier(self.stream_id)
-            + encode_identifier(self.topic_id)
-            + _U32.pack(self.partitions_count)
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1334,8 +1218,9 @@ class DeleteSegments:
 
 
 @dataclass(frozen=True, slots=True)
-class GetConsumerGroup:
-    CODE: ClassVar[Command] = Command.GET_CONSUMER_GROUP
+class _GroupRef:
+    """Requests naming one consumer group. Subclasses only add their CODE."""
+
     stream_id: Identifier
     topic_id: Identifier
     group_id: Identifier
@@ -1356,19 +1241,13 @@ class GetConsumerGroup:
 
 
 @dataclass(frozen=True, slots=True)
-class GetConsumerGroups:
+class GetConsumerGroup(_GroupRef):
+    CODE: ClassVar[Command] = Command.GET_CONSUMER_GROUP
+
+
+@dataclass(frozen=True, slots=True)
+class GetConsumerGroups(_TopicRef):
     CODE: ClassVar[Command] = Command.GET_CONSUMER_GROUPS
-    stream_id: Identifier
-    topic_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        return cls(stream_id, r.identifier())
-
-    def encode(self) -> bytes:
-        return encode_identifier(self.stream_id) + encode_identifier(self.topic_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1394,69 +1273,18 @@ class CreateConsumerGroup:
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteConsumerGroup:
+class DeleteConsumerGroup(_GroupRef):
     CODE: ClassVar[Command] = Command.DELETE_CONSUMER_GROUP
-    stream_id: Identifier
-    topic_id: Identifier
-    group_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(stream_id, topic_id, r.identifier())
-
-    def encode(self) -> bytes:
-        return (
-            encode_identifier(self.stream_id)
-            + encode_identifier(self.topic_id)
-            + encode_identifier(self.group_id)
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class JoinConsumerGroup:
+class JoinConsumerGroup(_GroupRef):
     CODE: ClassVar[Command] = Command.JOIN_CONSUMER_GROUP
-    stream_id: Identifier
-    topic_id: Identifier
-    group_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(stream_id, topic_id, r.identifier())
-
-    def encode(self) -> bytes:
-        return (
-            encode_identifier(self.stream_id)
-            + encode_identifier(self.topic_id)
-            + encode_identifier(self.group_id)
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class LeaveConsumerGroup:
+class LeaveConsumerGroup(_GroupRef):
     CODE: ClassVar[Command] = Command.LEAVE_CONSUMER_GROUP
-    stream_id: Identifier
-    topic_id: Identifier
-    group_id: Identifier
-
-    @classmethod
-    def decode(cls, payload: BytesLike) -> Self:
-        r = Reader(payload)
-        stream_id = r.identifier()
-        topic_id = r.identifier()
-        return cls(stream_id, topic_id, r.identifier())
-
-    def encode(self) -> bytes:
-        return (
-            encode_identifier(self.stream_id)
-            + encode_identifier(self.topic_id)
-            + encode_identifier(self.group_id)
-        )
 
 
 # ---------------------------------------------------------------------------------------------
