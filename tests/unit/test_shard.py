@@ -109,3 +109,46 @@ def test_shard_given_one_failing_partition_when_ticking_should_flush_the_others_
     assert good_after.flushes == 2
     shard.partitions = {}
     shard.writer.close()
+
+
+def _create_topic(shard: Shard, stream_id: int) -> md.TopicMeta:
+    topic = shard.apply(
+        md.CreateTopic(
+            stream_id=stream_id,
+            name="t",
+            partitions_count=1,
+            compression_algorithm=1,
+            message_expiry=0,
+            max_topic_size=0,
+            replication_factor=0,
+            created_at_us=1,
+        )
+    )
+    assert isinstance(topic, md.TopicMeta)
+    for pid in topic.partitions:
+        shard.create_partition((stream_id, topic.id, pid))
+    return topic
+
+
+def test_shard_given_files_left_by_an_interrupted_delete_when_id_reused_should_start_empty(
+    tmp_path: Path,
+) -> None:
+    shard = Shard(Config(data_dir=tmp_path))
+    shard.open()
+    try:
+        stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
+        assert isinstance(stream, md.StreamMeta)
+        old = _create_topic(shard, stream.id)
+        key = (stream.id, old.id, 0)
+        shard.partitions[key].append(_batch(5, 100), 1, os.urandom)  # type: ignore[arg-type]
+        shard.partitions[key].flush(fsync=True)
+        # The delete reached the metadata log, then the process died before removing files.
+        shard.apply(md.DeleteTopic(stream_id=stream.id, topic_id=old.id))
+        shard.partitions.pop(key).close()
+        assert any(shard.partition_dir(key).glob("*.log"))
+        new = _create_topic(shard, stream.id)
+        assert new.id == old.id  # the freed id is reused
+        part = shard.partitions[key]
+        assert part.messages_count == 0 and part.next_offset == 0
+    finally:
+        shard.close()

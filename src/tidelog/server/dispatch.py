@@ -558,8 +558,6 @@ class Dispatcher:
         self._require(perm.streams_manage(self._perms(session)))
         stream = self.shard.apply(md.CreateStream(name=req.name, created_at_us=self.shard.clock_us()))
         assert isinstance(stream, md.StreamMeta)
-        # A reused id must not inherit files of an earlier stream with that id.
-        shutil.rmtree(self.shard.stream_dir(stream.id), ignore_errors=True)
         return self._stream_info(stream).encode()
 
     def delete_stream(self, session: Session, req: c.DeleteStream) -> None:
@@ -567,10 +565,7 @@ class Dispatcher:
         self._require(perm.stream_manage(self._perms(session), stream.id))
         doomed = [(t.id, sorted(t.partitions)) for t in stream.topics.values()]
         self.shard.apply(md.DeleteStream(stream_id=stream.id))
-        for topic_id, pids in doomed:
-            self.shard.drop_topic_dirs(stream.id, topic_id, pids)
-            self.shard.balanced_counters.pop((stream.id, topic_id), None)
-        shutil.rmtree(self.shard.stream_dir(stream.id), ignore_errors=True)
+        self.shard.drop_stream(stream.id, doomed)
 
     def update_stream(self, session: Session, req: c.UpdateStream) -> None:
         stream = self._stream(req.stream_id)
@@ -615,9 +610,8 @@ class Dispatcher:
         )
         topic = self.shard.apply(op)
         assert isinstance(topic, md.TopicMeta)
-        shutil.rmtree(self.shard.topic_dir(stream.id, topic.id), ignore_errors=True)
         for pid in sorted(topic.partitions):
-            self.shard.open_partition((stream.id, topic.id, pid))
+            self.shard.create_partition((stream.id, topic.id, pid))
         return self._topic_details(topic).encode()
 
     def delete_topic(self, session: Session, req: c.DeleteTopic) -> None:
@@ -625,8 +619,7 @@ class Dispatcher:
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         pids = sorted(topic.partitions)
         self.shard.apply(md.DeleteTopic(stream_id=topic.stream_id, topic_id=topic.id))
-        self.shard.drop_topic_dirs(topic.stream_id, topic.id, pids)
-        self.shard.balanced_counters.pop((topic.stream_id, topic.id), None)
+        self.shard.drop_topic(topic.stream_id, topic.id, pids)
 
     def update_topic(self, session: Session, req: c.UpdateTopic) -> None:
         topic = self._topic(req.stream_id, req.topic_id)
@@ -663,9 +656,7 @@ class Dispatcher:
             )
         )
         for pid in sorted(set(topic.partitions) - before):
-            key = (topic.stream_id, topic.id, pid)
-            shutil.rmtree(self.shard.partition_dir(key), ignore_errors=True)
-            self.shard.open_partition(key)
+            self.shard.create_partition((topic.stream_id, topic.id, pid))
 
     def delete_partitions(self, session: Session, req: c.DeletePartitions) -> None:
         topic = self._topic(req.stream_id, req.topic_id)

@@ -292,10 +292,23 @@ class Shard:
         else:
             shutil.rmtree(self.partition_dir(key), ignore_errors=True)
 
-    def drop_topic_dirs(self, stream_id: int, topic_id: int, partition_ids: list[int]) -> None:
+    def create_partition(self, key: PartitionKey) -> Partition:
+        """A partition metadata has just created: it starts empty, whatever an earlier entity
+        with a reused id may have left behind (a delete whose cleanup was interrupted)."""
+        shutil.rmtree(self.partition_dir(key), ignore_errors=True)
+        return self.open_partition(key)
+
+    def drop_topic(self, stream_id: int, topic_id: int, partition_ids: list[int]) -> None:
+        """Everything of a topic that metadata has just deleted: partitions, files, counters."""
         for pid in partition_ids:
             self.drop_partition((stream_id, topic_id, pid))
         shutil.rmtree(self.topic_dir(stream_id, topic_id), ignore_errors=True)
+        self.balanced_counters.pop((stream_id, topic_id), None)
+
+    def drop_stream(self, stream_id: int, topics: list[tuple[int, list[int]]]) -> None:
+        for topic_id, partition_ids in topics:
+            self.drop_topic(stream_id, topic_id, partition_ids)
+        shutil.rmtree(self.stream_dir(stream_id), ignore_errors=True)
 
     def mark_written(self, key: PartitionKey) -> None:
         self._dirty.add(key)
