@@ -23,7 +23,13 @@ dev-venv: $(VENV)/.installed-dev
 serve: $(VENV)/.installed
 	$(VENV)/bin/tidelog serve --data-dir $(DATA_DIR) --tcp-address $(TCP_ADDRESS)
 
-test: $(VENV)/.installed-dev
+# The fault-injection shim the fault tests preload (tests/faults.py builds it too when pytest
+# runs on its own).
+build/faultfs.so: tests/faults/faultfs.c
+	mkdir -p build
+	$(CC) -O2 -Wall -shared -fPIC -o $@ $< -ldl -lpthread
+
+test: $(VENV)/.installed-dev build/faultfs.so
 	$(PY) -m pytest -n 2 -q
 
 lint: $(VENV)/.installed-dev

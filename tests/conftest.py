@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.faults import FaultPlan, SmallFilesystems, SmallFsUnavailable
 
 LISTEN_RE = re.compile(r"listening on ([\d.]+):(\d+)")
 
@@ -122,3 +124,30 @@ def server(tmp_path: Path, server_factory: type[ServerProcess]) -> Iterator[Serv
     srv = server_factory(tmp_path / "data").start()
     yield srv
     srv.stop()
+
+
+# ---- fault harness (tests/faults.py): the LD_PRELOAD shim's rules and small filesystems ----------
+
+
+@pytest.fixture
+def faults(tmp_path: Path) -> FaultPlan:
+    """Rules for the fault shim; start a server with ``env=faults.env()``."""
+    return FaultPlan(tmp_path / "faults.rules")
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """A factory: ``small_fs(size_mb)`` mounts a small ext4 (loop) or tmpfs and returns it;
+    everything is unmounted at teardown. Skips the test where neither can be mounted."""
+    filesystems = SmallFilesystems(tmp_path / "smallfs")
+
+    def make(size_mb: int) -> Path:
+        try:
+            return filesystems(size_mb)
+        except SmallFsUnavailable as e:
+            pytest.skip(str(e))
+
+    try:
+        yield make
+    finally:
+        filesystems.cleanup()

@@ -14,6 +14,9 @@ from tidelog.config import Config, ConfigError, load_config
 
 log = logging.getLogger("tidelog")
 
+EXIT_REFUSED = 3  # the server refused to start (StartupRefused): see the message on stderr
+EXIT_UNPERSISTED = 1  # stopped, but some partitions' data could not be written: named on stderr
+
 
 def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
@@ -29,14 +32,22 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 async def _serve(config: Config) -> int:
     from tidelog.server.connection import Connection
     from tidelog.server.dispatch import Dispatcher
-    from tidelog.server.shard import Shard, install_signal_handlers
+    from tidelog.server.limits import ConnectionGate, ConnectionLimits
+    from tidelog.server.shard import Shard, StartupRefused, install_signal_handlers
 
     shard = Shard(config)
-    report = shard.open()
+    try:
+        report = shard.open()
+    except StartupRefused as exc:
+        # Damaged metadata, or metadata that cannot be written: serving could contradict what
+        # was acknowledged. Nothing on disk was changed.
+        print(f"tidelog: refusing to start: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
     dispatcher = Dispatcher(shard)
+    gate = ConnectionGate(ConnectionLimits.from_config(config.tcp))  # shared by all connections
 
     def factory() -> Connection:
-        return Connection(dispatcher, config.tcp.write_buffer_high_bytes, config.tcp.nodelay)
+        return Connection(dispatcher, config.tcp.write_buffer_high_bytes, config.tcp.nodelay, gate)
 
     stop = asyncio.Event()
     install_signal_handlers(stop)
@@ -54,13 +65,26 @@ async def _serve(config: Config) -> int:
         print(f"tidelog recovery: {problem}", flush=True)
     for path in report.quarantined:
         print(f"tidelog kept torn bytes aside in {path}", flush=True)
+    for path in report.orphans:
+        print(f"tidelog QUARANTINED data that metadata does not name (nothing deleted): {path}", flush=True)
     print(
         f"tidelog listening on {config.tcp_host}:{shard.bound_port} (fsync={config.durability.fsync})",
         flush=True,
     )
     await stop.wait()
     print("tidelog stopping: flushing partitions", flush=True)
-    await shard.stop()
+    lost = await shard.stop()
+    if lost:
+        # Data that could not be written must not vanish silently: name it, and exit non-zero.
+        durable_polls = shard.partition_config.durable_polls
+        for item in lost:
+            print(f"tidelog: {item.describe(durable_polls)}", file=sys.stderr, flush=True)
+        print(
+            f"tidelog stopped WITHOUT persisting everything ({len(lost)} partitions; see above)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_UNPERSISTED
     print("tidelog stopped", flush=True)
     return 0
 

@@ -16,6 +16,7 @@ import argon2
 from tidelog.wire.codes import (
     PASSWORD_LEN_MAX,
     PASSWORD_LEN_MIN,
+    U64_MAX,
     USERNAME_LEN_MAX,
     USERNAME_LEN_MIN,
     IggyError,
@@ -32,6 +33,28 @@ _HASHER = argon2.PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=
 TOKEN_RANDOM_BYTES = 50
 TOKEN_LEN = 68  # standard base64 with padding of 50 bytes (section 2.8)
 assert 4 * -(-TOKEN_RANDOM_BYTES // 3) == TOKEN_LEN
+
+
+# The latest expiry a token may get: 9999-12-31T23:59:59.999999Z in µs since the epoch. It is
+# the last instant common date types can hold (Python's datetime, most SDKs' formatting), so a
+# listed expiry always converts, and it is far inside the u64 the wire carries.
+MAX_PAT_EXPIRY_AT_US = 253_402_300_799_999_999
+assert MAX_PAT_EXPIRY_AT_US < U64_MAX
+
+
+def pat_expiry_at_us(now_us: int, expiry_us: int) -> int:
+    """The absolute expiry (0 = never) for a CreatePersonalAccessToken ``expiry``.
+
+    0 and u64::MAX mean never (IggyExpiry, section 2.10); anything else is microseconds from
+    now, and the resulting instant must not pass ``MAX_PAT_EXPIRY_AT_US``: a bigger one would
+    not fit the u64 the token listing sends, or no client could show it as a date.
+    """
+    if expiry_us in (0, U64_MAX):
+        return 0
+    expiry_at = now_us + expiry_us
+    if expiry_us < 0 or expiry_at > MAX_PAT_EXPIRY_AT_US:
+        raise IggyError(Status.INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY, f"expiry {expiry_us} µs from {now_us}")
+    return expiry_at
 
 
 def hash_password(password: str) -> str:

@@ -7,6 +7,7 @@ environment variables, command-line flags. Every limit carries its unit last in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from tidelog.wire.codes import MAX_PAYLOAD_BYTES, U64_MAX
+from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES, U64_MAX
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -40,6 +41,22 @@ class TcpConfig:
     # whatever count the client asks for.
     max_poll_reply_bytes: int = 32 * MIB
     nodelay: bool = True
+    # Connections past this many are closed as soon as they are accepted (with a log line).
+    max_connections: int = 10_000
+    # Before login only Ping, LoginUser and LoginWithPersonalAccessToken are useful, and their
+    # payloads are tiny: a bigger frame from a client that has not logged in gets 80 and a close.
+    max_unauthenticated_payload_bytes: int = 64 * KIB
+    # A frame past the 256 KiB read buffer gets its own buffer when its header arrives. This
+    # many bytes of such buffers (counted at their declared size) may exist at once across all
+    # connections; a frame that does not fit waits, its connection's reading paused, until
+    # earlier ones complete or time out (first come, first served).
+    max_incomplete_request_bytes: int = 256 * MIB
+    # A frame begun but not finished whose bytes stop coming for this long closes the
+    # connection (time spent paused by the server itself does not count).
+    request_timeout_ms: int = 30_000
+    # A connection that has not logged in this long after connecting (or after logging out)
+    # is closed.
+    unauthenticated_idle_timeout_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,10 @@ class SystemConfig:
     # most this much per partition, and this much in all (shared evenly among partitions).
     partition_cache_bytes: int = 32 * MIB
     cache_bytes: int = 512 * MIB
+    # Index columns of sealed segments loaded for polls, kept most recently used first: at
+    # most this much in all (16 bytes per message; a segment's index larger than a quarter
+    # of it is read by ranges instead). The active segment of each partition keeps its own.
+    index_cache_bytes: int = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,17 @@ class DurabilityConfig:
     flush_messages: int = 1024
     flush_bytes: int = 1 * MIB
     flush_interval_ms: int = 100
+    # After a failed write or sync a partition refuses writes (4006) and is retried: first
+    # after retry_interval_ms, then at doubling intervals up to retry_max_interval_ms.
+    retry_interval_ms: int = 100
+    retry_max_interval_ms: int = 5000
+    # interval/always: acknowledged batches stay in memory until synced, so that a failed
+    # write or sync can write them again; at most this much in all (shared evenly among the
+    # partitions, at least flush_bytes each), past which a partition syncs early.
+    max_unsynced_bytes: int = 64 * MIB
+    # At shutdown, partitions that cannot persist are retried for at most this long; then the
+    # server exits 1 naming the offsets that were not persisted.
+    shutdown_retry_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -82,10 +114,23 @@ class HeartbeatConfig:
     interval_ms: int = 5000
 
 
+# dataclasses.field metadata key marking a value that must never be shown (see render_config).
+SECRET = "secret"
+
+
+def secret_field(default: str) -> Any:
+    """A config value that is a credential: left out of repr() and redacted by render_config.
+
+    Mark every new credential this way (TLS keys, tokens, ...): the snapshot's server_config.txt
+    and any log line that prints a config then cannot leak it.
+    """
+    return field(default=default, repr=False, metadata={SECRET: True})
+
+
 @dataclass(frozen=True)
 class RootConfig:
     username: str = "iggy"
-    password: str = "iggy"
+    password: str = secret_field("iggy")
 
 
 @dataclass(frozen=True)
@@ -112,13 +157,37 @@ class Config:
             raise ConfigError(f"system.io must be 'buffered' or 'direct', got {self.system.io!r}")
         if self.durability.writeback_bytes < 0:
             raise ConfigError("durability.writeback_bytes must be >= 0")
+        d = self.durability
+        if not 1 <= d.retry_interval_ms <= d.retry_max_interval_ms or d.shutdown_retry_ms < 0:
+            raise ConfigError(
+                "durability: need 1 <= retry_interval_ms <= retry_max_interval_ms and shutdown_retry_ms >= 0"
+            )
+        if d.max_unsynced_bytes < 1:
+            raise ConfigError("durability.max_unsynced_bytes must be positive")
         if self.system.cache_bytes < 0:
             raise ConfigError("system.cache_bytes must be >= 0")
+        if self.system.index_cache_bytes < 0:
+            raise ConfigError("system.index_cache_bytes must be >= 0")
         if self.tcp.max_poll_reply_bytes < 1 or self.system.partition_cache_bytes < 0:
             raise ConfigError("tcp.max_poll_reply_bytes must be positive, partition_cache_bytes >= 0")
+        self._check_connection_limits()
         host, _, port = self.tcp.address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"tcp.address must be HOST:PORT, got {self.tcp.address!r}")
+
+    def _check_connection_limits(self) -> None:
+        tcp = self.tcp
+        if tcp.max_connections < 1:
+            raise ConfigError("tcp.max_connections must be positive")
+        if not KIB <= tcp.max_unauthenticated_payload_bytes <= MAX_CONTROL_PAYLOAD_BYTES:
+            raise ConfigError("tcp.max_unauthenticated_payload_bytes must be between 1 KiB and 10 MiB")
+        # Any frame a client may send must fit the budget on its own, or it could wait forever.
+        if tcp.max_incomplete_request_bytes < max(tcp.max_send_payload_bytes, MAX_CONTROL_PAYLOAD_BYTES):
+            raise ConfigError(
+                "tcp.max_incomplete_request_bytes must be at least tcp.max_send_payload_bytes and 10 MiB"
+            )
+        if tcp.request_timeout_ms < 1 or tcp.unauthenticated_idle_timeout_ms < 1:
+            raise ConfigError("tcp.request_timeout_ms and unauthenticated_idle_timeout_ms must be positive")
 
     @property
     def tcp_host(self) -> str:
@@ -200,6 +269,42 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     if user is not None and password is not None:
         out.setdefault("root", {}).update({"username": user, "password": password})
     return out
+
+
+REDACTED = "<redacted>"
+
+
+def _render_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(int(value))
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are valid TOML
+
+
+def _render_table(obj: Any) -> list[str]:
+    lines = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        shown = json.dumps(REDACTED) if f.metadata.get(SECRET) else _render_value(value)
+        lines.append(f"{f.name} = {shown}")
+    return lines
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as TOML, every secret field replaced by ``"<redacted>"``.
+
+    Rendered field by field from the dataclasses rather than with repr(), so what is shown is a
+    deliberate choice: a field marked with ``secret_field`` never appears, whatever its value.
+    """
+    lines = _render_table(config)
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += ["", f"[{f.name}]", *_render_table(value)]
+    return "\n".join(lines) + "\n"
 
 
 def load_config(

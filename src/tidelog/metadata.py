@@ -5,6 +5,8 @@ is the only way the logged state changes, and an op carries every timestamp, has
 needs, while the ids it creates are computed from the state. Replaying the same ops on the same
 start state therefore rebuilds the same state on every shard and after every restart. An op
 either fails with an `IggyError` before touching anything or succeeds and bumps `revision`.
+`Metadata.prepare(op)` runs the checks alone and returns the change, so the server can log an
+op durably before it applies it (a failed log write then leaves memory untouched).
 
 Message data, offsets and segments live in storage; this module holds ids, names, settings
 and creation times only.
@@ -17,6 +19,7 @@ rule (membership, rebalance, partition round robin) sits in one sans-IO place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, assert_never, overload
 
@@ -352,6 +355,8 @@ OP_TYPES: dict[str, type[Op]] = {
 
 Entity: TypeAlias = StreamMeta | TopicMeta | GroupMeta | UserMeta | PatMeta | list[PartitionMeta]
 GroupKey: TypeAlias = tuple[int, int, int]  # (stream_id, topic_id, group_id)
+# A validated op waiting to be applied (`Metadata.prepare`): applies it, returns its entity.
+Change: TypeAlias = Callable[[], Entity | None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,81 +495,115 @@ class Metadata:
 
         Every check runs before the first change, so a failing op leaves the state untouched.
         """
-        result: Entity | None = None
+        return self.prepare(op)()
+
+    def prepare(self, op: Op) -> Change:
+        """Validate `op` against the current state without changing anything; return the change.
+
+        Raises `IggyError` when the op does not apply. The returned function applies the op
+        (it cannot fail), bumps `revision` and returns what `apply` would. This is what lets
+        the server log before it applies: prepare, write the op durably, then call the change;
+        if the write fails the change is dropped and memory never ran ahead of the disk. The
+        change must be called before the state is changed in any other way, so the ids it
+        assigns are the ones a replay of the log assigns.
+        """
+        change: Callable[[], Entity | None]
         match op:
             case CreateStream():
-                result = self._create_stream(op)
+                change = self._create_stream(op)
             case UpdateStream():
-                self._update_stream(op)
+                change = self._update_stream(op)
             case DeleteStream():
-                self._delete_stream(op)
+                change = self._delete_stream(op)
             case CreateTopic():
-                result = self._create_topic(op)
+                change = self._create_topic(op)
             case UpdateTopic():
-                self._update_topic(op)
+                change = self._update_topic(op)
             case DeleteTopic():
-                self._delete_topic(op)
+                change = self._delete_topic(op)
             case CreatePartitions():
-                result = self._create_partitions(op)
+                change = self._create_partitions(op)
             case DeletePartitions():
-                self._delete_partitions(op)
+                change = self._delete_partitions(op)
             case CreateConsumerGroup():
-                result = self._create_group(op)
+                change = self._create_group(op)
             case DeleteConsumerGroup():
-                self._delete_group(op)
+                change = self._delete_group(op)
             case CreateUser():
-                result = self._create_user(op)
+                change = self._create_user(op)
             case UpdateUser():
-                self._update_user(op)
+                change = self._update_user(op)
             case UpdatePermissions():
-                self._update_permissions(op)
+                change = self._update_permissions(op)
             case ChangePassword():
-                self.require_user(op.user_id).password_hash = op.password_hash
+                change = self._change_password(op)
             case DeleteUser():
-                self._delete_user(op)
+                change = self._delete_user(op)
             case CreatePersonalAccessToken():
-                result = self._create_pat(op)
+                change = self._create_pat(op)
             case DeletePersonalAccessToken():
-                self._delete_pat(op)
+                change = self._delete_pat(op)
             case _:
                 assert_never(op)
-        self.revision += 1
-        return result
+        prepared_at = self.revision
+
+        def commit() -> Entity | None:
+            assert self.revision == prepared_at, "state changed between prepare and commit"
+            result = change()
+            self.revision += 1
+            return result
+
+        return commit
+
+    # Each `_op` method below only validates, then returns the closure that mutates: every
+    # `IggyError` is raised before the closure exists, and the closure has no failure paths.
 
     # ---- streams -------------------------------------------------------------------------
 
-    def _create_stream(self, op: CreateStream) -> StreamMeta:
+    def _create_stream(self, op: CreateStream) -> Callable[[], StreamMeta]:
         _check_name(op.name, Status.INVALID_STREAM_NAME)
         if op.name in self._stream_ids_by_name:
             raise IggyError(Status.STREAM_NAME_ALREADY_EXISTS, op.name)
-        stream_id = self._stream_ids.allocate()
-        assert stream_id not in self.streams and stream_id <= U32_MAX
-        stream = StreamMeta(stream_id, op.name, op.created_at_us)
-        self.streams[stream_id] = stream
-        self._stream_ids_by_name[op.name] = stream_id
-        return stream
 
-    def _update_stream(self, op: UpdateStream) -> None:
+        def change() -> StreamMeta:
+            stream_id = self._stream_ids.allocate()
+            assert stream_id not in self.streams and stream_id <= U32_MAX
+            stream = StreamMeta(stream_id, op.name, op.created_at_us)
+            self.streams[stream_id] = stream
+            self._stream_ids_by_name[op.name] = stream_id
+            return stream
+
+        return change
+
+    def _update_stream(self, op: UpdateStream) -> Callable[[], None]:
         stream = self.require_stream(op.stream_id)
         _check_name(op.name, Status.INVALID_STREAM_NAME)
         if self._stream_ids_by_name.get(op.name, stream.id) != stream.id:
             raise IggyError(Status.STREAM_NAME_ALREADY_EXISTS, op.name)
-        del self._stream_ids_by_name[stream.name]
-        stream.name = op.name
-        self._stream_ids_by_name[op.name] = stream.id
 
-    def _delete_stream(self, op: DeleteStream) -> None:
+        def change() -> None:
+            del self._stream_ids_by_name[stream.name]
+            stream.name = op.name
+            self._stream_ids_by_name[op.name] = stream.id
+
+        return change
+
+    def _delete_stream(self, op: DeleteStream) -> Callable[[], None]:
         stream = self.require_stream(op.stream_id)
-        for topic in stream.topics.values():
-            for group in topic.groups.values():
-                self._drop_memberships(topic, group)
-        del self.streams[stream.id]
-        del self._stream_ids_by_name[stream.name]
-        self._stream_ids.release(stream.id)
+
+        def change() -> None:
+            for topic in stream.topics.values():
+                for group in topic.groups.values():
+                    self._drop_memberships(topic, group)
+            del self.streams[stream.id]
+            del self._stream_ids_by_name[stream.name]
+            self._stream_ids.release(stream.id)
+
+        return change
 
     # ---- topics and partitions -----------------------------------------------------------
 
-    def _create_topic(self, op: CreateTopic) -> TopicMeta:
+    def _create_topic(self, op: CreateTopic) -> Callable[[], TopicMeta]:
         stream = self.require_stream(op.stream_id)
         assert 0 <= op.partitions_count <= U32_MAX
         if op.partitions_count > MAX_PARTITIONS_PER_REQUEST:
@@ -576,70 +615,90 @@ class Metadata:
         # Only a custom size is checked: 0 resolves to the (already checked) default.
         if op.max_topic_size not in (0, U64_MAX) and op.max_topic_size < self.defaults.segment_size_bytes:
             raise IggyError(Status.INVALID_TOPIC_SIZE, str(op.max_topic_size))
-        topic_id = stream.topic_ids.allocate()
-        assert topic_id not in stream.topics and topic_id <= U32_MAX
-        topic = TopicMeta(
-            id=topic_id,
-            stream_id=stream.id,
-            name=op.name,
-            created_at_us=op.created_at_us,
-            compression_algorithm=op.compression_algorithm,
-            message_expiry=op.message_expiry or self.defaults.message_expiry,
-            max_topic_size=op.max_topic_size or self.defaults.max_topic_size,
-            replication_factor=op.replication_factor or 1,
-            partitions={i: PartitionMeta(i, op.created_at_us) for i in range(op.partitions_count)},
-        )
-        stream.topics[topic_id] = topic
-        stream.topic_ids_by_name[op.name] = topic_id
-        return topic
 
-    def _update_topic(self, op: UpdateTopic) -> None:
+        def change() -> TopicMeta:
+            topic_id = stream.topic_ids.allocate()
+            assert topic_id not in stream.topics and topic_id <= U32_MAX
+            topic = TopicMeta(
+                id=topic_id,
+                stream_id=stream.id,
+                name=op.name,
+                created_at_us=op.created_at_us,
+                compression_algorithm=op.compression_algorithm,
+                message_expiry=op.message_expiry or self.defaults.message_expiry,
+                max_topic_size=op.max_topic_size or self.defaults.max_topic_size,
+                replication_factor=op.replication_factor or 1,
+                partitions={i: PartitionMeta(i, op.created_at_us) for i in range(op.partitions_count)},
+            )
+            stream.topics[topic_id] = topic
+            stream.topic_ids_by_name[op.name] = topic_id
+            return topic
+
+        return change
+
+    def _update_topic(self, op: UpdateTopic) -> Callable[[], None]:
         topic = self.require_topic(self.require_stream(op.stream_id), op.topic_id)
         _check_name(op.name, Status.INVALID_TOPIC_NAME)
         stream = self.streams[topic.stream_id]
         if stream.topic_ids_by_name.get(op.name, topic.id) != topic.id:
             raise IggyError(Status.TOPIC_NAME_ALREADY_EXISTS, op.name)
         _check_compression(op.compression_algorithm)
-        del stream.topic_ids_by_name[topic.name]
-        topic.name = op.name
-        stream.topic_ids_by_name[op.name] = topic.id
-        # Stored as sent (section 2.7): no default resolution, no segment-size check.
-        topic.compression_algorithm = op.compression_algorithm
-        topic.message_expiry = op.message_expiry
-        topic.max_topic_size = op.max_topic_size
-        topic.replication_factor = op.replication_factor or 1
 
-    def _delete_topic(self, op: DeleteTopic) -> None:
+        def change() -> None:
+            del stream.topic_ids_by_name[topic.name]
+            topic.name = op.name
+            stream.topic_ids_by_name[op.name] = topic.id
+            # Stored as sent (section 2.7): no default resolution, no segment-size check.
+            topic.compression_algorithm = op.compression_algorithm
+            topic.message_expiry = op.message_expiry
+            topic.max_topic_size = op.max_topic_size
+            topic.replication_factor = op.replication_factor or 1
+
+        return change
+
+    def _delete_topic(self, op: DeleteTopic) -> Callable[[], None]:
         stream = self.require_stream(op.stream_id)
         topic = self.require_topic(stream, op.topic_id)
-        for group in topic.groups.values():
-            self._drop_memberships(topic, group)
-        del stream.topics[topic.id]
-        del stream.topic_ids_by_name[topic.name]
-        stream.topic_ids.release(topic.id)
 
-    def _create_partitions(self, op: CreatePartitions) -> list[PartitionMeta]:
+        def change() -> None:
+            for group in topic.groups.values():
+                self._drop_memberships(topic, group)
+            del stream.topics[topic.id]
+            del stream.topic_ids_by_name[topic.name]
+            stream.topic_ids.release(topic.id)
+
+        return change
+
+    def _create_partitions(self, op: CreatePartitions) -> Callable[[], list[PartitionMeta]]:
         topic = self.require_topic(self.require_stream(op.stream_id), op.topic_id)
         if not 1 <= op.count <= MAX_PARTITIONS_PER_REQUEST:
             raise IggyError(Status.TOO_MANY_PARTITIONS, str(op.count))
-        first = len(topic.partitions)
-        created = [PartitionMeta(i, op.created_at_us) for i in range(first, first + op.count)]
-        for p in created:
-            assert p.id not in topic.partitions
-            topic.partitions[p.id] = p
-        self._reset_groups(topic)
-        return created
 
-    def _delete_partitions(self, op: DeletePartitions) -> None:
+        def change() -> list[PartitionMeta]:
+            first = len(topic.partitions)
+            created = [PartitionMeta(i, op.created_at_us) for i in range(first, first + op.count)]
+            for p in created:
+                assert p.id not in topic.partitions
+                topic.partitions[p.id] = p
+            self._reset_groups(topic)
+            return created
+
+        return change
+
+    def _delete_partitions(self, op: DeletePartitions) -> Callable[[], None]:
         topic = self.require_topic(self.require_stream(op.stream_id), op.topic_id)
         if not 1 <= op.count <= MAX_PARTITIONS_PER_REQUEST:
             raise IggyError(Status.TOO_MANY_PARTITIONS, str(op.count))
         if op.count > len(topic.partitions):
             raise IggyError(Status.INVALID_PARTITIONS_COUNT, f"{op.count} > {len(topic.partitions)}")
-        remaining = len(topic.partitions) - op.count
-        for partition_id in range(remaining, len(topic.partitions)):
-            del topic.partitions[partition_id]
-        self._reset_groups(topic)
+
+        def change() -> None:
+            remaining = len(topic.partitions) - op.count
+            for partition_id in range(remaining, len(topic.partitions)):
+                del topic.partitions[partition_id]
+            self._reset_groups(topic)
+
+        return change
 
     def _reset_groups(self, topic: TopicMeta) -> None:
         # Partitions are always 0..n-1 (section 4.6); groups follow the new set (section 3.6).
@@ -650,25 +709,33 @@ class Metadata:
 
     # ---- consumer groups -----------------------------------------------------------------
 
-    def _create_group(self, op: CreateConsumerGroup) -> GroupMeta:
+    def _create_group(self, op: CreateConsumerGroup) -> Callable[[], GroupMeta]:
         topic = self.require_topic(self.require_stream(op.stream_id), op.topic_id)
         _check_name(op.name, Status.INVALID_CONSUMER_GROUP_NAME)
         if op.name in topic.group_ids_by_name:
             raise IggyError(Status.CONSUMER_GROUP_NAME_ALREADY_EXISTS, op.name)
-        group_id = topic.group_ids.allocate()
-        assert group_id not in topic.groups and group_id <= U32_MAX
-        group = GroupMeta(group_id, op.name, sorted(topic.partitions))
-        topic.groups[group_id] = group
-        topic.group_ids_by_name[op.name] = group_id
-        return group
 
-    def _delete_group(self, op: DeleteConsumerGroup) -> None:
+        def change() -> GroupMeta:
+            group_id = topic.group_ids.allocate()
+            assert group_id not in topic.groups and group_id <= U32_MAX
+            group = GroupMeta(group_id, op.name, sorted(topic.partitions))
+            topic.groups[group_id] = group
+            topic.group_ids_by_name[op.name] = group_id
+            return group
+
+        return change
+
+    def _delete_group(self, op: DeleteConsumerGroup) -> Callable[[], None]:
         topic = self.require_topic(self.require_stream(op.stream_id), op.topic_id)
         group = self.require_group(topic, op.group_id)
-        self._drop_memberships(topic, group)
-        del topic.groups[group.id]
-        del topic.group_ids_by_name[group.name]
-        topic.group_ids.release(group.id)
+
+        def change() -> None:
+            self._drop_memberships(topic, group)
+            del topic.groups[group.id]
+            del topic.group_ids_by_name[group.name]
+            topic.group_ids.release(group.id)
+
+        return change
 
     def _drop_memberships(self, topic: TopicMeta, group: GroupMeta) -> None:
         key = (topic.stream_id, topic.id, group.id)
@@ -681,7 +748,7 @@ class Metadata:
 
     # ---- users and tokens ----------------------------------------------------------------
 
-    def _create_user(self, op: CreateUser) -> UserMeta:
+    def _create_user(self, op: CreateUser) -> Callable[[], UserMeta]:
         _check_name(op.username, Status.INVALID_USERNAME, USERNAME_LEN_MIN, USERNAME_LEN_MAX)
         if op.username in self._user_ids_by_name:
             raise IggyError(Status.USER_ALREADY_EXISTS, op.username)
@@ -689,14 +756,20 @@ class Metadata:
         # u32::MAX means "no user" in client records, so it can never be an id.
         if self._user_ids.peek() >= U32_MAX:
             raise IggyError(Status.USERS_LIMIT_REACHED)
-        user_id = self._user_ids.allocate()
-        assert user_id not in self.users
-        user = UserMeta(user_id, op.username, op.password_hash, op.status, op.permissions, op.created_at_us)
-        self.users[user_id] = user
-        self._user_ids_by_name[op.username] = user_id
-        return user
 
-    def _update_user(self, op: UpdateUser) -> None:
+        def change() -> UserMeta:
+            user_id = self._user_ids.allocate()
+            assert user_id not in self.users
+            user = UserMeta(
+                user_id, op.username, op.password_hash, op.status, op.permissions, op.created_at_us
+            )
+            self.users[user_id] = user
+            self._user_ids_by_name[op.username] = user_id
+            return user
+
+        return change
+
+    def _update_user(self, op: UpdateUser) -> Callable[[], None]:
         user = self.require_user(op.user_id)
         if op.username is not None:
             _check_name(op.username, Status.INVALID_USERNAME, USERNAME_LEN_MIN, USERNAME_LEN_MAX)
@@ -704,30 +777,50 @@ class Metadata:
                 raise IggyError(Status.USER_ALREADY_EXISTS, op.username)
         if op.status is not None:
             _check_status(op.status)
-        if op.username is not None:
-            del self._user_ids_by_name[user.username]
-            user.username = op.username
-            self._user_ids_by_name[op.username] = user.id
-        if op.status is not None:
-            user.status = op.status
 
-    def _update_permissions(self, op: UpdatePermissions) -> None:
+        def change() -> None:
+            if op.username is not None:
+                del self._user_ids_by_name[user.username]
+                user.username = op.username
+                self._user_ids_by_name[op.username] = user.id
+            if op.status is not None:
+                user.status = op.status
+
+        return change
+
+    def _update_permissions(self, op: UpdatePermissions) -> Callable[[], None]:
         user = self.require_user(op.user_id)
         if user.id == ROOT_USER_ID:
             raise IggyError(Status.CANNOT_CHANGE_PERMISSIONS)
-        user.permissions = op.permissions
 
-    def _delete_user(self, op: DeleteUser) -> None:
+        def change() -> None:
+            user.permissions = op.permissions
+
+        return change
+
+    def _change_password(self, op: ChangePassword) -> Callable[[], None]:
+        user = self.require_user(op.user_id)
+
+        def change() -> None:
+            user.password_hash = op.password_hash
+
+        return change
+
+    def _delete_user(self, op: DeleteUser) -> Callable[[], None]:
         user = self.require_user(op.user_id)
         if user.id == ROOT_USER_ID:
             raise IggyError(Status.CANNOT_DELETE_USER)
-        for pat in user.tokens.values():
-            del self._pats_by_hash[pat.token_hash]
-        del self.users[user.id]
-        del self._user_ids_by_name[user.username]
-        self._user_ids.release(user.id)
 
-    def _create_pat(self, op: CreatePersonalAccessToken) -> PatMeta:
+        def change() -> None:
+            for pat in user.tokens.values():
+                del self._pats_by_hash[pat.token_hash]
+            del self.users[user.id]
+            del self._user_ids_by_name[user.username]
+            self._user_ids.release(user.id)
+
+        return change
+
+    def _create_pat(self, op: CreatePersonalAccessToken) -> Callable[[], PatMeta]:
         _check_name(op.name, Status.INVALID_PERSONAL_ACCESS_TOKEN_NAME, PAT_NAME_LEN_MIN, PAT_NAME_LEN_MAX)
         user = self.require_user(op.user_id)
         if len(user.tokens) >= MAX_TOKENS_PER_USER:
@@ -736,18 +829,26 @@ class Metadata:
             raise IggyError(Status.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS, op.name)
         # Tokens carry 400 random bits; a repeated hash means a caller bug, not bad luck.
         assert op.token_hash not in self._pats_by_hash, "duplicate token hash"
-        pat = PatMeta(op.name, op.token_hash, op.expiry_at_us)
-        user.tokens[op.name] = pat
-        self._pats_by_hash[op.token_hash] = (user.id, op.name)
-        return pat
 
-    def _delete_pat(self, op: DeletePersonalAccessToken) -> None:
+        def change() -> PatMeta:
+            pat = PatMeta(op.name, op.token_hash, op.expiry_at_us)
+            user.tokens[op.name] = pat
+            self._pats_by_hash[op.token_hash] = (user.id, op.name)
+            return pat
+
+        return change
+
+    def _delete_pat(self, op: DeletePersonalAccessToken) -> Callable[[], None]:
         user = self.require_user(op.user_id)
         pat = user.tokens.get(op.name)
         if pat is None:
             raise IggyError(Status.RESOURCE_NOT_FOUND, f"token {op.name!r}")
-        del user.tokens[op.name]
-        del self._pats_by_hash[pat.token_hash]
+
+        def change() -> None:
+            del user.tokens[op.name]
+            del self._pats_by_hash[pat.token_hash]
+
+        return change
 
     # ---- lookups -------------------------------------------------------------------------
 

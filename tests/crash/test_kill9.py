@@ -51,6 +51,7 @@ class Producer:
     partitions: list[int]
     seed: int
     acked: list[tuple[int, list[int]]] = field(default_factory=list)  # (partition, seqs)
+    acked_at_s: list[float] = field(default_factory=list)  # time.monotonic() of each ack, for loss windows
     in_flight: tuple[int, list[int]] | None = None
     failure: str | None = None
     thread: threading.Thread | None = None
@@ -79,6 +80,7 @@ class Producer:
                 if status != Status.OK:
                     self.failure = f"send answered {status}"
                     return
+                self.acked_at_s.append(time.monotonic())
                 self.acked.append((partition, seqs))
                 self.in_flight = None
         except (ServerClosed, OSError):

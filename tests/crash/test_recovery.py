@@ -21,6 +21,7 @@ from tidelog.storage.recovery import QUARANTINE_DIR
 from tidelog.storage.segment import DIRECT_SUFFIXES, index_name, log_name
 from tidelog.storage.writer import Writer
 from tidelog.wire.batch import INDEX_DTYPE, Batch, parse_send_batch, scan_messages
+from tidelog.wire.codes import IggyError, Status
 
 HEADER = struct.Struct("<Q16sQQQIIQ")
 BIG = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000)
@@ -215,7 +216,7 @@ def test_recovery_given_unindexed_tail_with_bad_checksum_when_opened_should_keep
     assert decode(part.poll(0, 100)) == expected(range(8))
 
 
-def test_recovery_given_corrupt_indexed_message_when_verifying_on_open_should_cut_there(
+def test_recovery_given_corrupt_indexed_message_when_verifying_on_open_should_cut_out_only_that_message(
     tmp_path: Path,
 ) -> None:
     d = written(tmp_path)
@@ -225,14 +226,29 @@ def test_recovery_given_corrupt_indexed_message_when_verifying_on_open_should_cu
     data[ends[3] + 66] ^= 0x40  # a payload byte of message 4
     log.write_bytes(bytes(data))
     trusting = Partition.open(d, 0, BIG)
-    assert trusting.next_offset == 10  # only the tail is checked by default
+    assert trusting.next_offset == 10  # only the tail is checked by default...
+    assert decode(trusting.poll(0, 100)) == expected(range(4))  # ...but polls verify
+    with pytest.raises(IggyError) as refused:
+        trusting.poll(4, 100)
+    assert refused.value.status == Status.INVALID_MESSAGE_CHECKSUM
     trusting.close()
     verifying = Partition.open(
         d, 0, PartitionConfig(segment_size_bytes=1 << 20, verify_checksums_on_open=True)
     )
-    assert verifying.next_offset == 4
-    assert verifying.recovery.truncated_bytes == ends[9] - ends[3]
-    assert decode(verifying.poll(0, 100)) == expected(range(4))
+    r = verifying.recovery
+    assert verifying.next_offset == 10 and verifying.messages_count == 9
+    assert r.truncated_bytes == ends[4] - ends[3]
+    assert [q.read_bytes() for q in r.quarantined if ".corrupt-" in q.name][-1] == bytes(
+        data[ends[3] : ends[4]]
+    )
+    assert any("offsets 4..4 are missing" in p for p in r.problems), r.problems
+    assert [s.start_offset for s in verifying.segments] == [0, 5]
+    assert decode(verifying.poll(0, 100)) == expected([0, 1, 2, 3, 5, 6, 7, 8, 9])
+    fill(verifying, 2)
+    assert decode(verifying.poll(9, 100)) == expected([9, 10, 11])
+    verifying.close()
+    again = Partition.open(d, 0, PartitionConfig(segment_size_bytes=1 << 20, verify_checksums_on_open=True))
+    assert again.recovery.truncated_bytes == 0 and again.next_offset == 12
 
 
 def test_recovery_given_stray_empty_segment_when_opened_should_remove_it(tmp_path: Path) -> None:
@@ -455,3 +471,67 @@ def test_recovery_given_direct_io_writer_killed_when_reopened_should_keep_every_
     assert part.next_offset >= acknowledged and part.segments_count > 1
     assert decode(part.poll(0, acknowledged)) == expected(range(acknowledged))
     assert all(q.read_bytes() == bytes(q.stat().st_size) for q in part.recovery.quarantined)
+
+
+VERIFY = PartitionConfig(segment_size_bytes=1 << 20, verify_checksums_on_open=True)
+
+
+def damage(log: Path, at: int) -> bytes:
+    data = bytearray(log.read_bytes())
+    data[at] ^= 0x40
+    log.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("bad", "kept_starts"),
+    [([0], [1]), ([4, 7], [0, 5, 8]), ([9], [0])],
+    ids=["first-message", "two-messages", "last-message"],
+)
+def test_recovery_given_damaged_messages_when_verifying_on_open_should_split_around_each(
+    tmp_path: Path, bad: list[int], kept_starts: list[int]
+) -> None:
+    d = written(tmp_path)
+    ends = ends_of(d)
+    for b in bad:
+        damage(d / log_name(0), ends[b] - 2)
+    part = Partition.open(d, 0, VERIFY)
+    good = [o for o in range(10) if o not in bad]
+    assert [s.start_offset for s in part.segments] == kept_starts
+    assert decode(part.poll(0, 100)) == expected(good)
+    assert part.recovery.truncated_bytes == sum(ends[b] - (ends[b - 1] if b else 0) for b in bad)
+    assert part.next_offset == (10 if 9 not in bad else 9)
+    part.close()
+    again = Partition.open(d, 0, VERIFY)
+    assert again.recovery.truncated_bytes == 0 and decode(again.poll(0, 100)) == expected(good)
+
+
+def test_recovery_given_damaged_message_and_no_index_after_it_when_verifying_should_find_next_header(
+    tmp_path: Path,
+) -> None:
+    d = written(tmp_path)
+    ends = ends_of(d)
+    damage(d / log_name(0), ends[3] + 30)  # a header byte of message 4 (its timestamp)
+    entries = np.frombuffer((d / index_name(0)).read_bytes(), dtype=INDEX_DTYPE).copy()
+    entries["position"][5:] = 0  # the index is no help after message 4
+    (d / index_name(0)).write_bytes(entries.tobytes())
+    part = Partition.open(d, 0, VERIFY)
+    assert decode(part.poll(0, 100)) == expected([0, 1, 2, 3, 5, 6, 7, 8, 9])
+    assert any("offsets 4..4 are missing" in p for p in part.recovery.problems)
+
+
+def test_recovery_given_split_interrupted_by_a_crash_when_reopened_should_split_the_same_way(
+    tmp_path: Path,
+) -> None:
+    d = written(tmp_path)
+    ends = ends_of(d)
+    damaged = damage(d / log_name(0), ends[4] - 2)
+    index = (d / index_name(0)).read_bytes()
+    part = Partition.open(d, 0, VERIFY)
+    part.close()
+    # The crash came after the new segment was written, before the original was cut back.
+    (d / log_name(0)).write_bytes(damaged)
+    (d / index_name(0)).write_bytes(index)
+    again = Partition.open(d, 0, VERIFY)
+    assert [s.start_offset for s in again.segments] == [0, 5]
+    assert decode(again.poll(0, 100)) == expected([0, 1, 2, 3, 5, 6, 7, 8, 9])

@@ -89,7 +89,10 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    srv = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data").start()
+    # The plan models one frame cap for every connection; before login the server's is smaller
+    # by default (64 KiB, tested on its own in test_connection_limits), and examples log out.
+    unauthenticated_cap = {"TIDELOG_TCP_MAX_UNAUTHENTICATED_PAYLOAD_BYTES": str(MAX_CONTROL_PAYLOAD_BYTES)}
+    srv = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data", env=unauthenticated_cap).start()
     try:
         with WireClient(srv.address) as client:
             client.login()

@@ -14,6 +14,7 @@ SANS_IO = [
     SRC / "metadata.py",
     SRC / "permissions.py",
     SRC / "storage" / "partition.py",
+    SRC / "storage" / "offsets.py",
 ]
 
 

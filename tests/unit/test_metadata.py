@@ -758,3 +758,57 @@ def test_membership_given_group_when_joined_and_left_should_not_bump_revision() 
     md.join_group(topic, 0, 1)
     md.leave_group(topic, 0, 1)
     assert md.revision == revision  # membership is runtime state, not a logged mutation
+
+
+# ---- prepare: validate without changing anything (log before apply) ------------------------
+
+
+def _every_kind_of_op() -> list[Op]:
+    return [
+        CreateUser("iggy", "h0", UserStatus.ACTIVE, ROOT_PERMISSIONS, NOW_US),
+        CreateUser("alice", "h1", UserStatus.ACTIVE, None, NOW_US),
+        UpdateUser(1, "alicia", UserStatus.INACTIVE),
+        UpdatePermissions(1, SOME_PERMISSIONS),
+        ChangePassword(1, "h2"),
+        CreatePersonalAccessToken(1, "tok", "th", 0),
+        DeletePersonalAccessToken(1, "tok"),
+        CreateStream("s", NOW_US),
+        UpdateStream(0, "s2"),
+        create_topic_op(0, "t", 2),
+        UpdateTopic(0, 0, 1, 5, U64_MAX, 1, "t2"),
+        CreatePartitions(0, 0, 3, NOW_US),
+        DeletePartitions(0, 0, 1),
+        CreateConsumerGroup(0, 0, "g"),
+        DeleteConsumerGroup(0, 0, 0),
+        DeleteTopic(0, 0),
+        DeleteUser(1),
+        DeleteStream(0),
+    ]
+
+
+def test_prepare_given_each_kind_of_op_should_change_nothing_until_the_change_is_called() -> None:
+    md, twin = new_md(), new_md()
+    ops = _every_kind_of_op()
+    assert {type(op).__name__ for op in ops} == set(OP_TYPES)
+    for op in ops:
+        before = md.to_snapshot()
+        change = md.prepare(op)
+        assert md.to_snapshot() == before, op  # validated only
+        result = change()
+        assert result == twin.apply(op), op  # the same ids and entities as a plain apply
+        assert md.to_snapshot() == twin.to_snapshot()
+        md.check_invariants()
+
+
+def test_prepare_given_invalid_op_should_raise_and_change_nothing() -> None:
+    md, topic = with_topic()
+    before = md.to_snapshot()
+    for op, status in [
+        (CreateStream("s", NOW_US), Status.STREAM_NAME_ALREADY_EXISTS),
+        (DeleteTopic(0, 9), Status.TOPIC_ID_NOT_FOUND),
+        (DeletePartitions(0, topic.id, 9), Status.INVALID_PARTITIONS_COUNT),
+    ]:
+        with pytest.raises(IggyError) as info:
+            md.prepare(op)
+        assert info.value.status == status
+    assert md.to_snapshot() == before

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tidelog.storage.io import BufferedIO, DirectIO, FileIO, MemIO
+from tidelog.storage.index_cache import IndexCache
+from tidelog.storage.integrity import QUARANTINE_DIR
+from tidelog.storage.io import BufferedIO, DirectIO, FileIO, FileRange, MemIO
 from tidelog.storage.segment import Segment, index_name, log_name, parse_segment_name
 from tidelog.wire.batch import INDEX_DTYPE, Batch, parse_send_batch, scan_messages, stamp, storage_index
+from tidelog.wire.codes import IggyError, Status
 
 HEADER = struct.Struct("<Q16sQQQIIQ")
 
@@ -190,3 +193,167 @@ def test_segment_given_advance_with_wrong_size_when_called_should_assert(io: Fil
     with pytest.raises(AssertionError):
         seg.advance(storage_index(batch, 0, 0, 1), batch.size_bytes + 1)
     assert seg.is_empty
+
+
+# ---- sealed segments: the index stays on disk -------------------------------------------------
+
+
+def sealed_segment(
+    io: FileIO, tmp_path: Path, cache: IndexCache, batches: int = 10, per_batch: int = 5
+) -> tuple[Segment, list[bytes]]:
+    """A sealed segment of `batches` batches (timestamps 100, 200, ...) released to `cache`."""
+    seg = Segment.create(io, tmp_path, 1000)
+    payloads = [b"p%03d-" % i + b"z" * (i % 7) for i in range(batches * per_batch)]
+    for b in range(batches):
+        append(seg, payloads[b * per_batch : (b + 1) * per_batch], 100 * (b + 1))
+    seg.seal()
+    seg.release_index(cache)
+    return seg, payloads
+
+
+def payloads_of(data: bytes | FileRange | None, first_offset: int) -> list[bytes]:
+    raw = data.read() if isinstance(data, FileRange) else (data or b"")
+    ends, valid = scan_messages(raw, True, first_offset)
+    assert valid == len(raw)
+    out, start = [], 0
+    for end in ends.tolist():
+        length = HEADER.unpack_from(raw, start)[6]
+        out.append(raw[start + 64 : start + 64 + length])
+        start = end
+    return out
+
+
+def index_entries(seg: Segment) -> np.ndarray:
+    # A live DirectIO file may be padded past its entries.
+    raw = seg.io.read_file(seg.index_path)[: seg.messages_count * 16]
+    return np.frombuffer(raw, dtype=INDEX_DTYPE).copy()
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20], ids=["reads-by-range", "cached"])
+def test_segment_given_sealed_and_released_when_read_should_serve_from_the_index_file(
+    io: FileIO, tmp_path: Path, cache_bytes: int
+) -> None:
+    cache = IndexCache(cache_bytes)
+    seg, payloads = sealed_segment(io, tmp_path, cache)
+    assert not seg.holds_index and seg.index_bytes_held == 0
+    assert (seg.messages_count, seg.first_timestamp, seg.end_timestamp) == (50, 100, 1000)
+    for lo in (0, 1, 17, 49):
+        span = seg.read_span(1000 + lo, 1050, None, True, False)
+        assert not span.damaged and span.count == 50 - lo
+        assert payloads_of(span.chunk, 1000 + lo) == payloads[lo:]
+    assert seg.read_span(1003, 1050, 3 * 75, True, False).count == 3  # byte budget
+    assert seg.read_span(1003, 1050, 10, False, False).count == 0
+    assert seg.read_span(1003, 1050, 10, True, False).count == 1
+    assert [seg.offset_for_timestamp(t) for t in (0, 100, 101, 550, 1000, 1001)] == [
+        1000,
+        1000,
+        1005,
+        1025,
+        1045,
+        None,
+    ]
+    assert seg.ends.tolist() == index_entries(seg)["position"].tolist()
+    assert cache.held_bytes == (50 * 16 if cache_bytes else 0)
+    seg.close()
+    assert cache.held_bytes == 0
+
+
+def test_segment_given_range_verified_once_when_read_again_should_go_out_as_file_range(
+    tmp_path: Path,
+) -> None:
+    io = BufferedIO()
+    # Recovered sealed segment: nothing is known good until a poll verified it.
+    seg, payloads = sealed_segment(io, tmp_path, IndexCache(1 << 20))
+    seg._trusted_from = seg.messages_count
+    first = seg.read_span(1010, 1020, None, True, True)
+    assert isinstance(first.chunk, bytes)  # read and verified
+    again = seg.read_span(1010, 1020, None, True, True)
+    assert isinstance(again.chunk, FileRange) and payloads_of(again.chunk, 1010) == payloads[10:20]
+
+
+def test_segment_given_flipped_payload_byte_when_read_should_serve_the_valid_prefix_and_quarantine(
+    io: FileIO, tmp_path: Path
+) -> None:
+    seg, payloads = sealed_segment(io, tmp_path, IndexCache(1 << 20))
+    seg._trusted_from = seg.messages_count  # as after a restart
+    ends = seg.ends.tolist()
+    seg.log.pwrite(b"\xff", ends[12] - 1)  # last payload byte of message 12
+    span = seg.read_span(1010, 1050, None, True, False)
+    assert span.damaged and span.count == 2 and payloads_of(span.chunk, 1010) == payloads[10:12]
+    refused = seg.read_span(1012, 1050, None, True, False)
+    assert refused.damaged and refused.count == 0 and refused.chunk is None
+    after = seg.read_span(1013, 1050, None, True, False)
+    assert not after.damaged and payloads_of(after.chunk, 1013) == payloads[13:]
+    folder = tmp_path / QUARANTINE_DIR
+    kept = [n for n in io.listdir(folder)]
+    assert len(kept) == 1  # reported once however often it is polled
+    assert io.read_file(folder / kept[0]) == seg.log.pread(ends[12] - ends[11], ends[11])
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20], ids=["reads-by-range", "cached"])
+def test_segment_given_shifted_index_position_when_read_should_rebuild_the_index_from_the_log(
+    io: FileIO, tmp_path: Path, cache_bytes: int
+) -> None:
+    cache = IndexCache(cache_bytes)
+    seg, payloads = sealed_segment(io, tmp_path, cache)
+    original = index_entries(seg)
+    cache.discard(seg)
+    damaged = original.copy()
+    damaged["position"][21] += 8  # still rising and inside the log
+    seg.index.pwrite(damaged.tobytes(), 0)
+    seg._trusted_from = seg.messages_count
+    for lo in (20, 21, 22):
+        span = seg.read_span(1000 + lo, 1050, None, True, False)
+        assert not span.damaged and payloads_of(span.chunk, 1000 + lo) == payloads[lo:]
+    assert seg.index_repairs == 1
+    assert index_entries(seg).tobytes() == original.tobytes()
+
+
+def test_segment_given_index_timestamp_lowered_when_searched_should_answer_from_the_log(
+    io: FileIO, tmp_path: Path
+) -> None:
+    seg, _ = sealed_segment(io, tmp_path, IndexCache(0))  # binary search over preads
+    original = index_entries(seg)
+    damaged = original.copy()
+    damaged["timestamp"][25] = 500  # message 25 is at 600, like the rest of its batch
+    seg.index.pwrite(damaged.tobytes(), 0)
+    assert seg.offset_for_timestamp(600) == 1025
+    assert seg.offset_for_timestamp(501) == 1025
+    assert index_entries(seg).tobytes() == original.tobytes()
+
+
+def test_segment_given_damaged_index_and_log_when_read_should_refuse_never_serve_wrong_bytes(
+    io: FileIO, tmp_path: Path
+) -> None:
+    seg, payloads = sealed_segment(io, tmp_path, IndexCache(0))
+    seg._trusted_from = seg.messages_count
+    damaged = index_entries(seg)
+    ends = damaged["position"].astype(int).tolist()
+    damaged["position"][30] += 8
+    seg.index.pwrite(damaged.tobytes(), 0)
+    seg.log.pwrite(b"\xff", ends[40] - 1)  # and a payload byte of message 40
+    span = seg.read_span(1029, 1050, None, True, False)
+    assert span.damaged and payloads_of(span.chunk, 1029) == payloads[29 : 29 + span.count]
+    with pytest.raises(IggyError) as refused:
+        seg.offset_for_timestamp(700)
+    assert refused.value.status == Status.INVALID_MESSAGE_CHECKSUM
+    assert seg.read_span(1045, 1050, None, True, False).damaged
+
+
+def test_index_cache_given_capacity_when_many_segments_loaded_should_keep_the_newest_within_it(
+    io: FileIO, tmp_path: Path
+) -> None:
+    cache = IndexCache(4 * 50 * 16)  # a quarter of it per segment: four segments
+    segments = []
+    for s in range(10):
+        io.makedirs(tmp_path / str(s))
+        seg, _ = sealed_segment(io, tmp_path / str(s), cache)
+        segments.append(seg)
+        assert cache.held_bytes <= cache.capacity_bytes
+    for seg in segments:
+        seg.offset_for_timestamp(300)  # loads the whole index
+        assert cache.held_bytes <= cache.capacity_bytes
+    assert len(cache) == 4 and all(cache.get(s) is not None for s in segments[-4:])
+    big = IndexCache(50 * 16 * 4 - 1)  # a whole index would take over a quarter: never kept
+    seg, _ = sealed_segment(io, tmp_path, big)
+    assert seg.offset_for_timestamp(300) == 1010 and big.held_bytes == 0

@@ -6,6 +6,12 @@ gets a buffer of exactly its size, which a SendMessages handler may keep (the ba
 reaches the storage journal without another copy). Requests are handled strictly one at a
 time, in order; a handler may return an awaitable (e.g. a reply that waits for fsync), and
 reading pauses until it resolves, so a pipelining client cannot queue unbounded work.
+
+What one client can hold is bounded (see ``limits``): connections past ``max_connections`` are
+closed on arrival; a large frame's buffer is reserved in a shard-wide budget before it exists
+(reading pauses while it waits); a frame whose bytes stop coming for ``request_timeout_ms``, and
+a connection not logged in within ``unauthenticated_idle_timeout_ms``, are closed. The read
+buffer is anonymous memory committed page by page, so an idle connection costs a page or two.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import struct
 from collections.abc import Awaitable, Sequence
 from typing import Protocol, cast
 
+from tidelog.server.limits import ConnectionGate
 from tidelog.storage.io import FileRange
 from tidelog.wire import framing
 from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
@@ -58,16 +65,25 @@ class Handler(Protocol):
 
     def connection_lost(self, conn: Connection) -> None: ...
 
+    def authenticated(self, conn: Connection) -> bool: ...
+
 
 class Connection(asyncio.BufferedProtocol):
-    def __init__(self, handler: Handler, write_buffer_high_bytes: int, nodelay: bool) -> None:
+    def __init__(
+        self, handler: Handler, write_buffer_high_bytes: int, nodelay: bool, gate: ConnectionGate
+    ) -> None:
         self._handler = handler
         self._high_bytes = write_buffer_high_bytes
         self._nodelay = nodelay
+        self._gate = gate
+        self._admitted = False  # counted in the gate's open connections
+        self._loop: asyncio.AbstractEventLoop
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.session: object = None  # owned by the dispatcher
-        self._small = bytearray(SMALL_BUFFER_BYTES)
+        # Anonymous memory, not a bytearray: a bytearray is zero-filled (256 KiB resident per
+        # connection, idle or not); this commits only the pages that bytes were received into.
+        self._small = mmap.mmap(-1, SMALL_BUFFER_BYTES)
         self._small_view = memoryview(self._small)
         self._start = 0  # first unparsed byte in _small
         self._end = 0  # end of received bytes in _small
@@ -80,6 +96,15 @@ class Connection(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._writing_paused = False
         self.closed = False
+        # Limits: the budget this connection holds for its large frame, or waits for.
+        self._reserved_bytes = 0
+        self._waiting_bytes = 0  # > 0: queued in the gate, reading paused
+        self._request_timeout_s = gate.limits.request_timeout_ms / 1000
+        self._login_timeout_s = gate.limits.unauthenticated_idle_timeout_ms / 1000
+        self._last_progress = 0.0  # loop time bytes last arrived (or the server last resumed us)
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._login_overdue = False  # the deadline passed while a request was being answered
 
     # ---- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +112,17 @@ class Connection(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._loop = asyncio.get_running_loop()
+        if not self._gate.admit():
+            self.closed = True  # never seen by the handler; connection_lost has nothing to undo
+            self._gate.refusals.info(
+                "closing connection from %s at once: tcp.max_connections (%d) are open",
+                self.peer,
+                self._gate.limits.max_connections,
+            )
+            transport.close()
+            return
+        self._admitted = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self._sock_fd = sock.fileno()
@@ -95,12 +131,23 @@ class Connection(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=self._high_bytes)
         self._handler.connection_made(self)
+        self._watch_login()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
         self._big = None
+        for timer in (self._request_timer, self._login_timer):
+            if timer is not None:
+                timer.cancel()
+        self._request_timer = self._login_timer = None
+        if self._waiting_bytes:
+            self._waiting_bytes = 0
+            self._gate.cancel(self._budget_granted)
+        self._release_budget()
+        if self._admitted:
+            self._gate.release_connection()
         self._handler.connection_lost(self)
 
     def pause_writing(self) -> None:
@@ -131,11 +178,13 @@ class Connection(asyncio.BufferedProtocol):
         return self._small_view[self._end : min(self._end + want, len(self._small))]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._last_progress = self._loop.time()
         if self._big is not None:
             self._big_filled += nbytes
             if self._big_filled == len(self._big):
                 big, code = self._big, self._big_code
                 self._big = None
+                self._release_budget()  # the handler owns the buffer now
                 if not self._dispatch(code, memoryview(big), owned=True):
                     return
         else:
@@ -175,7 +224,15 @@ class Connection(asyncio.BufferedProtocol):
                 if frame_end > len(self._small):
                     self._compact()
                 break  # wait for the rest of a small frame
-            # A large frame: give it its own exact-size buffer and receive into it directly.
+            # A large frame: give it its own exact-size buffer and receive into it directly,
+            # once the shard-wide budget has room for it (else wait, reading paused).
+            if self._waiting_bytes:
+                break  # still queued for budget
+            if not self._reserved_bytes:
+                if not self._gate.reserve(payload_len, self._budget_granted):
+                    self._waiting_bytes = payload_len
+                    break
+                self._reserved_bytes = payload_len
             have = self._end - start - FRAME_HEADER_SIZE
             # Below LAZY_BUFFER_BYTES a bytearray (the allocator reuses these: no page faults);
             # above, anonymous memory committed page by page as bytes arrive, so a header
@@ -191,12 +248,87 @@ class Connection(asyncio.BufferedProtocol):
         if self._start == self._end:
             self._start = self._end = 0
         self._update_reading()
+        if self._request_timer is None and self._mid_frame() and not self.closed:
+            self._request_timer = self._loop.call_later(self._request_timeout_s, self._check_request)
 
     def _compact(self) -> None:
         remaining = self._end - self._start
         if self._start:
-            self._small[:remaining] = self._small_view[self._start : self._end]
+            self._small.move(0, self._start, remaining)  # memmove: the ranges may overlap
         self._start, self._end = 0, remaining
+
+    # ---- limits ------------------------------------------------------------------------
+    def _budget_granted(self) -> None:
+        """The gate reserved our waiting frame's bytes (called from another connection's
+        release, so the work is left to the loop rather than done re-entrantly)."""
+        self._reserved_bytes, self._waiting_bytes = self._waiting_bytes, 0
+        self._loop.call_soon(self._resume_after_grant)
+
+    def _resume_after_grant(self) -> None:
+        if self.closed:
+            return
+        self._process()
+
+    def _release_budget(self) -> None:
+        if self._reserved_bytes:
+            reserved, self._reserved_bytes = self._reserved_bytes, 0
+            self._gate.release(reserved)
+
+    def _mid_frame(self) -> bool:
+        return self._big is not None or self._end > self._start
+
+    def _check_request(self) -> None:
+        """Request timer: closes the connection when a begun frame has had no bytes for
+        request_timeout_ms. Time our reading is paused (a handler busy, waiting for budget, or
+        replies not yet drained, which a slow but reading client may cause) is not a stall of
+        the client's and does not count. A paused connection holds no budget (a large frame's
+        bytes come without replies in between), only its bounded read and write buffers."""
+        self._request_timer = None
+        if self.closed or not self._mid_frame():
+            return
+        now = self._loop.time()
+        if self._reading_paused:
+            self._last_progress = now
+        stalled_s = now - self._last_progress
+        if stalled_s >= self._request_timeout_s:
+            self._gate.timeouts.info(
+                "closing connection %s: request incomplete, no bytes for %d ms (tcp.request_timeout_ms)",
+                self.peer,
+                int(stalled_s * 1000),
+            )
+            self.close()
+            return
+        self._request_timer = self._loop.call_later(self._request_timeout_s - stalled_s, self._check_request)
+
+    def _watch_login(self) -> None:
+        """After connecting and after each request: a connection that is not logged in must
+        log in within unauthenticated_idle_timeout_ms (counted from the connect or logout)."""
+        if self._handler.authenticated(self):
+            self._login_overdue = False
+            if self._login_timer is not None:
+                self._login_timer.cancel()
+                self._login_timer = None
+        elif self._login_overdue:
+            self._close_not_logged_in()
+        elif self._login_timer is None and not self.closed:
+            self._login_timer = self._loop.call_later(self._login_timeout_s, self._check_login)
+
+    def _check_login(self) -> None:
+        self._login_timer = None
+        if self.closed or self._handler.authenticated(self):
+            return
+        if self._busy:  # a login may be being checked right now: decide when it is answered
+            self._login_overdue = True
+            return
+        self._close_not_logged_in()
+
+    def _close_not_logged_in(self) -> None:
+        self._gate.timeouts.info(
+            "closing connection %s: not logged in within %d ms (tcp.unauthenticated_idle_timeout_ms)",
+            self.peer,
+            int(self._login_timeout_s * 1000),
+        )
+        self.close()
 
     def _dispatch(self, code: int, payload: memoryview, owned: bool) -> bool:
         """Runs one request. Returns False when the connection closed or parsing must wait."""
@@ -209,6 +341,7 @@ class Connection(asyncio.BufferedProtocol):
             return False
         except IggyError as exc:
             self._write([framing.error_frame(exc.status)])
+            self._watch_login()
             return True
         except Exception:
             log.exception("handler failed for command %d from %s", code, self.peer)
@@ -221,6 +354,7 @@ class Connection(asyncio.BufferedProtocol):
             self._pending = asyncio.ensure_future(self._finish(code, result))
             return False
         self._write(result)
+        self._watch_login()
         return True
 
     async def _finish(self, code: int, pending: Awaitable[Reply]) -> None:
@@ -238,6 +372,7 @@ class Connection(asyncio.BufferedProtocol):
             reply = [framing.error_frame(Status.ERROR)]
         self._write(reply)
         self._busy = False
+        self._watch_login()
         self._process()
 
     # ---- output ------------------------------------------------------------------------
@@ -282,13 +417,14 @@ class Connection(asyncio.BufferedProtocol):
     def _update_reading(self) -> None:
         if self.transport is None or self.closed:
             return
-        want_pause = self._busy or self._writing_paused
+        want_pause = self._busy or self._writing_paused or self._waiting_bytes > 0
         if want_pause and not self._reading_paused:
             self.transport.pause_reading()
             self._reading_paused = True
         elif not want_pause and self._reading_paused:
             self.transport.resume_reading()
             self._reading_paused = False
+            self._last_progress = self._loop.time()  # the client could not send while paused
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -26,7 +26,7 @@ import xxhash
 from tidelog import auth
 from tidelog import metadata as md
 from tidelog import permissions as perm
-from tidelog.config import FsyncPolicy
+from tidelog.config import FsyncPolicy, render_config
 from tidelog.server.connection import CloseConnection, Connection, Reply
 from tidelog.server.shard import PartitionKey, Session, Shard
 from tidelog.storage.io import FileRange
@@ -35,11 +35,9 @@ from tidelog.wire import batch as wbatch
 from tidelog.wire import commands as c
 from tidelog.wire import framing
 from tidelog.wire.codes import (
-    MAX_CONTROL_PAYLOAD_BYTES,
     MAX_TOKENS_PER_USER,
     PAT_NAME_LEN_MAX,
     PAT_NAME_LEN_MIN,
-    U64_MAX,
     UNAUTHENTICATED_COMMANDS,
     Command,
     IggyError,
@@ -52,6 +50,29 @@ SERVER_VERSION = "0.8.0"
 SERVER_SEMVER = 8000  # major * 10^6 + minor * 10^3 + patch, as the Stats record wants
 
 _EMPTY_OK = framing.ok_header(0)
+# Commands that change logged metadata: refused with METADATA_READ_ONLY, before any other
+# check, once a metadata write has failed (Shard.apply refuses them too).
+METADATA_COMMANDS: frozenset[int] = frozenset(
+    {
+        Command.CREATE_USER,
+        Command.DELETE_USER,
+        Command.UPDATE_USER,
+        Command.UPDATE_PERMISSIONS,
+        Command.CHANGE_PASSWORD,
+        Command.CREATE_PERSONAL_ACCESS_TOKEN,
+        Command.DELETE_PERSONAL_ACCESS_TOKEN,
+        Command.CREATE_STREAM,
+        Command.DELETE_STREAM,
+        Command.UPDATE_STREAM,
+        Command.CREATE_TOPIC,
+        Command.DELETE_TOPIC,
+        Command.UPDATE_TOPIC,
+        Command.CREATE_PARTITIONS,
+        Command.DELETE_PARTITIONS,
+        Command.CREATE_CONSUMER_GROUP,
+        Command.DELETE_CONSUMER_GROUP,
+    }
+)
 
 Handler = Callable[[Session, Any], "bytes | Awaitable[bytes | None] | None"]
 
@@ -64,6 +85,21 @@ def _reply(payload: bytes | None) -> Reply:
 
 def _deny() -> IggyError:
     return IggyError(Status.UNAUTHORIZED)
+
+
+def _when_saved(done: concurrent.futures.Future[None]) -> Awaitable[None] | None:
+    """None when a consumer-offset change is complete (it raised at once if it failed); else
+    what the reply waits on: its fdatasync on the writer thread (fsync = always). A failure
+    there is IggyError CANNOT_SAVE_CONSUMER_OFFSET, and the stored value did not change."""
+    if done.done():
+        done.result()
+        return None
+    return asyncio.wrap_future(done)
+
+
+async def _after(saved: Awaitable[None], reply: Reply) -> Reply:
+    await saved
+    return reply
 
 
 def consumer_key(consumer: c.Consumer) -> int:
@@ -80,6 +116,7 @@ class Dispatcher:
         self.shard = shard
         self.md = shard.metadata
         self.send_limit_bytes = shard.config.tcp.max_send_payload_bytes
+        self.unauthenticated_limit_bytes = shard.config.tcp.max_unauthenticated_payload_bytes
         self.fsync_always = shard.config.durability.fsync is FsyncPolicy.ALWAYS
         self.max_poll_bytes = shard.config.tcp.max_poll_reply_bytes
         self.heartbeat_enabled = shard.config.heartbeat.enabled
@@ -137,10 +174,15 @@ class Dispatcher:
     def payload_limit(self, conn: Connection, code: int) -> int:
         session = conn.session
         if isinstance(session, Session) and session.user_id is None:
-            # Until it logs in, a client gets the control-plane cap on every command, so it
-            # cannot make the server take in a 128 MiB batch only to be told 40.
-            return framing.payload_limit(code, MAX_CONTROL_PAYLOAD_BYTES)
+            # Until it logs in, a client may only ping and log in, whose payloads are tiny: a
+            # small cap on every command, so it cannot make the server take in megabytes only
+            # to be told 40 (or hold them by stalling mid-frame).
+            return self.unauthenticated_limit_bytes  # at most the control cap (config checks)
         return framing.payload_limit(code, self.send_limit_bytes)
+
+    def authenticated(self, conn: Connection) -> bool:
+        session = conn.session
+        return isinstance(session, Session) and session.user_id is not None
 
     def connection_made(self, conn: Connection) -> None:
         conn.session = self.shard.open_session(conn, conn.peer)
@@ -170,6 +212,8 @@ class Dispatcher:
             if code in self.handlers or code in (Command.SEND_MESSAGES, Command.POLL_MESSAGES):
                 raise IggyError(Status.UNAUTHENTICATED)
             raise IggyError(Status.INVALID_COMMAND, f"unknown command {code}")
+        if code in METADATA_COMMANDS and self.shard.metadata_read_only is not None:
+            raise IggyError(Status.METADATA_READ_ONLY, self.shard.metadata_read_only)
         if code == Command.SEND_MESSAGES:
             durable = self.send_messages(session, payload, owned)
             if durable is not None:
@@ -193,8 +237,8 @@ class Dispatcher:
         try:
             await asyncio.wrap_future(written)
         except OSError as exc:
-            log.error("write failed: %s", exc)
-            raise IggyError(Status.ERROR, "write failed") from exc
+            # Not acknowledged. The shard retries the partition's writes (README, Durability).
+            raise IggyError(Status.CANNOT_SAVE_MESSAGES, f"write failed: {exc}") from exc
         return [_EMPTY_OK]
 
     # ---- helpers -----------------------------------------------------------------------
@@ -358,7 +402,13 @@ class Dispatcher:
         )
 
     def get_snapshot(self, session: Session, req: c.GetSnapshot) -> bytes:
-        """A troubleshooting ZIP (not a data backup), as Iggy's snapshot command returns."""
+        """A troubleshooting ZIP (not a data backup), as Iggy's snapshot command returns.
+
+        It needs the servers-read rule (the reference's read/manage_servers) and holds no
+        secret: file names and sizes (no contents), the process, resource usage, and the config
+        rendered with its secret fields redacted. No part reads metadata (users, hashes, tokens).
+        """
+        self._require(perm.servers_read(self._perms(session)))
         methods = {1: zipfile.ZIP_STORED, 2: zipfile.ZIP_DEFLATED, 3: zipfile.ZIP_BZIP2}
         method = methods.get(req.compression, zipfile.ZIP_LZMA)
         types = set(req.snapshot_types)
@@ -384,7 +434,7 @@ class Dispatcher:
             if 5 in types:
                 zf.writestr("server_logs.txt", "logs go to standard error\n")
             if 6 in types:
-                zf.writestr("server_config.txt", repr(self.shard.config))
+                zf.writestr("server_config.txt", render_config(self.shard.config))
         return out.getvalue()
 
     def get_cluster_metadata(self, session: Session, req: c.GetClusterMetadata) -> bytes:
@@ -514,8 +564,8 @@ class Dispatcher:
             raise IggyError(Status.PERSONAL_ACCESS_TOKEN_ALREADY_EXISTS)
         if len(user.tokens) >= MAX_TOKENS_PER_USER:
             raise IggyError(Status.PERSONAL_ACCESS_TOKENS_LIMIT_REACHED)
+        expiry_at = auth.pat_expiry_at_us(self.shard.clock_us(), req.expiry)  # or 56
         token = auth.generate_token(self.shard.random_bytes)
-        expiry_at = 0 if req.expiry in (0, U64_MAX) else self.shard.clock_us() + req.expiry
         self.shard.apply(
             md.CreatePersonalAccessToken(
                 user_id=user.id, name=req.name, token_hash=auth.hash_token(token), expiry_at_us=expiry_at
@@ -702,16 +752,33 @@ class Dispatcher:
         assert isinstance(group, md.GroupMeta)
         return self._group_info(group).encode()
 
-    def delete_consumer_group(self, session: Session, req: c.DeleteConsumerGroup) -> None:
+    def delete_consumer_group(self, session: Session, req: c.DeleteConsumerGroup) -> Awaitable[None] | None:
         topic = self._topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
         self.shard.apply(
             md.DeleteConsumerGroup(stream_id=topic.stream_id, topic_id=topic.id, group_id=group.id)
         )
+        removals = []
         for part in self.shard.topic_partitions(topic):
             if part.get_offset(2, group.id) is not None:
-                part.delete_offset(2, group.id)
+                try:
+                    removals.append(part.delete_offset(2, group.id))
+                except IggyError as exc:
+                    log.error("group %d deleted, but not its stored offset: %s", group.id, exc)
+        if any(not r.done() for r in removals):
+            return self._group_offsets_removed(group.id, removals)
+        return None
+
+    @staticmethod
+    async def _group_offsets_removed(group_id: int, removals: list[concurrent.futures.Future[None]]) -> None:
+        # The group is gone either way (metadata is logged); a stored offset left behind is
+        # logged, not answered: the client could not retry a delete of a group that is gone.
+        for removal in removals:
+            try:
+                await asyncio.wrap_future(removal)
+            except IggyError as exc:
+                log.error("group %d deleted, but not its stored offset: %s", group_id, exc)
 
     def join_consumer_group(self, session: Session, req: c.JoinConsumerGroup) -> None:
         topic = self._topic(req.stream_id, req.topic_id)
@@ -772,17 +839,17 @@ class Dispatcher:
             partition_id=pid, current_offset=part.current_offset, stored_offset=stored
         ).encode()
 
-    def store_consumer_offset(self, session: Session, req: c.StoreConsumerOffset) -> None:
+    def store_consumer_offset(self, session: Session, req: c.StoreConsumerOffset) -> Awaitable[None] | None:
         topic = self._topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
-        part.store_offset(kind, key, req.offset)
+        return _when_saved(part.store_offset(kind, key, req.offset))
 
-    def delete_consumer_offset(self, session: Session, req: c.DeleteConsumerOffset) -> None:
+    def delete_consumer_offset(self, session: Session, req: c.DeleteConsumerOffset) -> Awaitable[None] | None:
         topic = self._topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
-        part.delete_offset(kind, key)
+        return _when_saved(part.delete_offset(kind, key))
 
     # ---- messages ----------------------------------------------------------------------
     def send_messages(
@@ -803,10 +870,10 @@ class Dispatcher:
         key, part = self._partition(topic, pid)
         try:
             part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
-        except OSError as exc:  # the partition failed an earlier write and refuses more
-            raise IggyError(Status.ERROR, str(exc)) from exc
-        if self.fsync_always:
-            return part.flush_async(fsync=True)
+            if self.fsync_always:
+                return part.flush_async(fsync=True)
+        except OSError as exc:  # a write failed: the partition refuses more until a retry succeeds
+            raise IggyError(Status.CANNOT_SAVE_MESSAGES, str(exc)) from exc
         self.shard.mark_written(key)
         return None
 
@@ -833,9 +900,11 @@ class Dispatcher:
         try:
             await asyncio.wrap_future(part.flush_async(fsync=bool(req.fsync)))
         except OSError as exc:
-            raise IggyError(Status.ERROR, "write failed") from exc
+            raise IggyError(Status.CANNOT_SAVE_MESSAGES, f"write failed: {exc}") from exc
+        if req.fsync:  # the partition's consumer offsets too (CANNOT_SAVE_CONSUMER_OFFSET)
+            await asyncio.wrap_future(part.offsets.sync())
 
-    def poll_messages(self, session: Session, req: c.PollMessages) -> Reply:
+    def poll_messages(self, session: Session, req: c.PollMessages) -> Reply | Awaitable[Reply]:
         topic = self._topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         consumer = req.consumer
@@ -860,10 +929,16 @@ class Dispatcher:
         start = self._poll_start(part, req, kind, ckey)
         if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
             return self._poll_reply(c.PollHeader(pid, part.current_offset, 0), [])
-        result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=True)
+        # Under `always` an auto-commit is synced before the reply, so the reply may wait: file
+        # ranges are valid only until the next mutation, so it then carries bytes.
+        deferred = req.auto_commit and self.fsync_always
+        result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=not deferred)
+        reply = self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)
         if req.auto_commit and result.count:
-            part.store_offset(kind, ckey, result.first_offset + result.count - 1)
-        return self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)
+            saved = _when_saved(part.store_offset(kind, ckey, result.first_offset + result.count - 1))
+            if saved is not None:
+                return _after(saved, reply)
+        return reply
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind

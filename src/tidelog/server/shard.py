@@ -3,14 +3,15 @@
 Today there is one shard; it is the single writer of every piece of state (no locks: every
 mutation runs on its event loop). The shape follows DESIGN.md so that more shards can be
 added: the shard owns partitions by (stream, topic, partition) key, metadata changes go
-through ``metadata.apply`` plus the metadata log, and the I/O shell (connection.py) never
-touches state directly.
+through `Shard.apply` (validate, log durably, then apply: `MetaLog.apply`), and the I/O shell
+(connection.py) never touches state directly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -32,16 +33,49 @@ from tidelog.metadata import (
 )
 from tidelog.permissions import ROOT_PERMISSIONS
 from tidelog.server.connection import Connection
+from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.io import BufferedIO, DirectIO, FileIO
-from tidelog.storage.metalog import MetaLog
+from tidelog.storage.metalog import MetaLog, MetaLogBroken, MetaLogCorruption
 from tidelog.storage.partition import Partition, PartitionConfig
 from tidelog.storage.segment import DIRECT_SUFFIXES
 from tidelog.storage.writer import Writer
-from tidelog.wire.codes import NO_USER_ID
+from tidelog.wire.codes import NO_USER_ID, IggyError, Status
 
 log = logging.getLogger(__name__)
 
 PartitionKey = tuple[int, int, int]
+
+# data_dir/deleted/{revision:020}/streams/...: folders of entities whose delete op is in the
+# metadata log at that revision, moved here before the delete is acknowledged and removed
+# after. Only these are ever removed at start-up: anything else metadata does not name is
+# quarantined (ORPHANS_DIR), because metadata may have lost it.
+DELETED_DIR = "deleted"
+# data_dir/quarantine/orphans/{start-up time µs}/streams/...: folders metadata does not name.
+QUARANTINE_DIR = "quarantine"
+ORPHANS_DIR = "orphans"
+
+
+@dataclass(frozen=True)
+class Unpersisted:
+    """Offsets [first, end) of a partition that shutdown could not get onto the disk."""
+
+    key: PartitionKey
+    first: int
+    end: int
+    reason: str
+
+    def describe(self, durable_polls: bool) -> str:
+        s, t, p = self.key
+        # Under fsync=always nothing past the durable offset was acknowledged.
+        what = "never acknowledged" if durable_polls else "acknowledged"
+        return (
+            f"stream {s} topic {t} partition {p}: offsets {self.first}..{self.end - 1} "
+            f"({self.end - self.first} messages, {what}) were NOT persisted: {self.reason}"
+        )
+
+
+class StartupRefused(Exception):
+    """The server must not start: what it would serve could differ from what it acknowledged."""
 
 
 def wall_clock_us() -> int:
@@ -75,8 +109,11 @@ class StartupReport:
     segments: int = 0
     truncated_bytes: int = 0
     rebuilt_indexes: int = 0
-    quarantined: list[Path] = field(default_factory=list)
+    quarantined: list[Path] = field(default_factory=list)  # torn or damaged bytes kept aside (files)
     problems: list[str] = field(default_factory=list)
+    # Folders metadata does not name, moved (whole) under quarantine/orphans/; each also has a
+    # line in `problems` saying why.
+    orphans: list[Path] = field(default_factory=list)
     root_created: bool = False
 
 
@@ -109,10 +146,24 @@ class Shard:
             flush_messages=config.durability.flush_messages,
             flush_bytes=config.durability.flush_bytes,
             fsync_on_flush=False,
+            # Under `always` a consumer-offset reply waits for its fdatasync, as a send does.
+            offsets_fsync=config.durability.fsync is FsyncPolicy.ALWAYS,
             verify_checksums_on_open=config.system.verify_checksums_on_open,
             cache_bytes=config.system.partition_cache_bytes,
+            # interval/always: acknowledged batches stay in memory until synced, so a failed
+            # write or sync can write them again (`_share_cache` sets each partition's share).
+            # never: nothing is synced on a schedule, so nothing is held for it.
+            max_unsynced_bytes=(
+                0 if config.durability.fsync is FsyncPolicy.NEVER else config.durability.max_unsynced_bytes
+            ),
+            # always: an acknowledgement waits for the sync, and a poll serves only what is synced.
+            durable_polls=config.durability.fsync is FsyncPolicy.ALWAYS,
         )
+        # Failed partitions waiting for a retry: key -> (next attempt, monotonic s; interval s).
+        self._retries: dict[PartitionKey, tuple[float, float]] = {}
         self.io: FileIO = BufferedIO(writeback_bytes=config.durability.writeback_bytes)
+        # Sealed segments' index columns, shared by every partition: bounded by configuration.
+        self.index_cache = IndexCache(config.system.index_cache_bytes)
         # Disk writes run on this thread so the event loop keeps serving while they happen.
         self.writer = Writer(on_complete=self._on_write_done)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,22 +197,38 @@ class Shard:
             message_expiry=self.config.system.message_expiry_us,
             max_topic_size=self.config.system.max_topic_size_bytes,
         )
-        self.metalog, self.metadata = MetaLog.open(self.data_dir / "metadata", defaults)
+        try:
+            self.metalog, self.metadata = MetaLog.open(self.data_dir / "metadata", defaults)
+        except MetaLogCorruption as e:
+            # Nothing has been touched: no partition opened, no folder moved.
+            raise StartupRefused(str(e)) from e
+        if self.metalog.torn_aside is not None:
+            report.quarantined.append(self.metalog.torn_aside)
+            report.problems.append(
+                f"metadata log: cut a torn last record ({self.metalog.torn_bytes} bytes of an "
+                f"append a crash interrupted, never acknowledged); kept it in {self.metalog.torn_aside}"
+            )
         if not self.metadata.users:
             root = self.config.root
             auth.validate_username(root.username)
             auth.validate_password(root.password)
-            self.apply(
-                CreateUser(
-                    username=root.username,
-                    password_hash=auth.hash_password(root.password),
-                    status=1,
-                    permissions=ROOT_PERMISSIONS,
-                    created_at_us=self.clock_us(),
+            try:
+                self.apply(
+                    CreateUser(
+                        username=root.username,
+                        password_hash=auth.hash_password(root.password),
+                        status=1,
+                        permissions=ROOT_PERMISSIONS,
+                        created_at_us=self.clock_us(),
+                    )
                 )
-            )
+            except IggyError as e:
+                raise StartupRefused(f"cannot create the root user: {e}") from e
             report.root_created = True
-        known: set[Path] = set()
+        # Before any partition opens (opening creates missing folders): what metadata names
+        # is decided by metadata alone.
+        self._sweep_deleted(report)
+        self._quarantine_orphans(report)
         for stream in self.metadata.streams.values():
             report.streams += 1
             for topic in stream.topics.values():
@@ -169,7 +236,6 @@ class Shard:
                 for pid in topic.partitions:
                     key = (stream.id, topic.id, pid)
                     part = self.open_partition(key)
-                    known.add(self.partition_dir(key))
                     rec = part.recovery
                     report.partitions += 1
                     report.messages += part.messages_count
@@ -178,30 +244,119 @@ class Shard:
                     report.rebuilt_indexes += rec.rebuilt_indexes
                     report.quarantined.extend(rec.quarantined)
                     report.problems.extend(f"partition {key}: {p}" for p in rec.problems)
-        self._remove_orphans(known)
         return report
 
-    def _remove_orphans(self, known: set[Path]) -> None:
-        """Partition folders that metadata no longer names are leftovers of an interrupted delete."""
-        streams_dir = self.data_dir / "streams"
-        if not streams_dir.is_dir():
+    # ---- folders metadata does not name ------------------------------------------------
+    def _sweep_deleted(self, report: StartupReport) -> None:
+        """Removes the folders of logged deletes whose removal a crash interrupted.
+
+        A folder under deleted/{revision} got there only after its delete op was durable at
+        that revision, so it is dead when the metadata holds that revision and does not name
+        the entity with its folder missing. Anything else (metadata older than the delete, as
+        after restoring it from a copy) is quarantined, not removed.
+        """
+        root = self.data_dir / DELETED_DIR
+        if not root.is_dir():
             return
-        for part_dir in streams_dir.glob("*/topics/*/partitions/*"):
-            if part_dir.is_dir() and part_dir not in known:
-                log.warning("removing orphaned partition folder %s", part_dir)
-                shutil.rmtree(part_dir, ignore_errors=True)
-        for topic_dir in streams_dir.glob("*/topics/*"):
-            s, t = int(topic_dir.parent.parent.name), int(topic_dir.name)
-            stream = self.metadata.streams.get(s)
-            if stream is None or t not in stream.topics:
-                shutil.rmtree(topic_dir, ignore_errors=True)
-        for stream_dir in streams_dir.glob("*"):
-            if stream_dir.name.isdigit() and int(stream_dir.name) not in self.metadata.streams:
-                shutil.rmtree(stream_dir, ignore_errors=True)
+        for entry in sorted(root.iterdir()):
+            revision = int(entry.name) if entry.name.isdigit() else None
+            if revision is None or revision > self.metadata.revision:
+                self._quarantine(
+                    entry,
+                    report,
+                    f"folder of a delete at revision {entry.name}, which the metadata (revision "
+                    f"{self.metadata.revision}) does not hold",
+                )
+                continue
+            partitions = entry.glob("streams/*/topics/*/partitions/*")
+            named = [path for path in partitions if self._names_missing(entry, path)]
+            if named:
+                self._quarantine(
+                    entry,
+                    report,
+                    f"folder of a delete at revision {revision} holding partitions that the metadata "
+                    f"names and whose own folders are missing ({', '.join(str(p) for p in named)})",
+                )
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            if entry.exists():
+                report.problems.append(f"could not remove {entry} (a logged delete); remove it by hand")
+
+    def _names_missing(self, deleted_root: Path, path: Path) -> bool:
+        """Whether a partition folder under deleted/ is one metadata names, with no live folder."""
+        parts = path.relative_to(deleted_root).parts  # streams, s, topics, t, partitions, p
+        ids = [_entity_id(parts[i]) for i in (1, 3, 5)]
+        if None in ids:
+            return False
+        s, t, p = (int(i) for i in ids if i is not None)
+        stream = self.metadata.streams.get(s)
+        topic = None if stream is None else stream.topics.get(t)
+        return topic is not None and p in topic.partitions and not self.partition_dir((s, t, p)).exists()
+
+    def _quarantine_orphans(self, report: StartupReport) -> None:
+        """Moves every stream, topic and partition folder metadata does not name to quarantine.
+
+        Such a folder is not proof of a finished delete (those go through deleted/): metadata
+        may have lost the entity. Its data is kept, untouched, and reported.
+        """
+        streams_dir = self.data_dir / "streams"
+        for stream_dir in _entity_dirs(streams_dir):
+            stream = self.metadata.streams.get(int(stream_dir.name))
+            if stream is None:
+                self._quarantine(stream_dir, report, f"stream {stream_dir.name}: metadata does not name it")
+                continue
+            for topic_dir in _entity_dirs(stream_dir / "topics"):
+                topic = stream.topics.get(int(topic_dir.name))
+                if topic is None:
+                    what = f"topic {topic_dir.name} of stream {stream.id}: metadata does not name it"
+                    self._quarantine(topic_dir, report, what)
+                    continue
+                for part_dir in _entity_dirs(topic_dir / "partitions"):
+                    if int(part_dir.name) not in topic.partitions:
+                        what = (
+                            f"partition {part_dir.name} of topic {topic.id} in stream {stream.id}: "
+                            f"metadata does not name it"
+                        )
+                        self._quarantine(part_dir, report, what)
+
+    def _quarantine(self, path: Path, report: StartupReport | None, what: str) -> Path:
+        """Moves `path` under quarantine/orphans/, keeping its place in the tree; says so loudly.
+
+        Raises OSError if the move fails: the caller must not go on as if the data were gone.
+        """
+        relative = path.relative_to(self.data_dir)  # streams/... or deleted/{revision}/streams/...
+        base = self.data_dir / QUARANTINE_DIR / ORPHANS_DIR / str(self.started_at_us)
+        dest = base / relative
+        n = 1
+        while dest.exists():
+            dest = base.with_name(f"{base.name}.{n}") / relative
+            n += 1
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, dest)
+        try:
+            _fsync_dir(path.parent)
+            _fsync_dir(dest.parent)
+        except OSError:
+            # Undone by a power cut, the move leaves the folder where it was: found again next start.
+            log.exception("syncing the folders around %s failed", dest)
+        message = (
+            f"{what}; moved its folder {path}, untouched, to {dest}. Nothing was deleted: restore "
+            f"the metadata that names it, or remove the folder once you are sure it is not needed"
+        )
+        log.error("QUARANTINED %s", message)
+        if report is not None:
+            report.orphans.append(dest)
+            report.problems.append(message)
+        return dest
 
     def open_partition(self, key: PartitionKey) -> Partition:
         part = Partition.open(
-            self.partition_dir(key), key[2], self.partition_config, io=self.io, writer=self.writer
+            self.partition_dir(key),
+            key[2],
+            self.partition_config,
+            io=self.io,
+            writer=self.writer,
+            index_cache=self.index_cache,
         )
         self.partitions[key] = part
         self._share_cache()
@@ -213,26 +368,101 @@ class Shard:
             return
         share = self.config.system.cache_bytes // len(self.partitions)
         budget = min(self.config.system.partition_cache_bytes, share)
+        durability = self.config.durability
+        # Below flush_bytes a partition would sync on every flush; the journal may hold that
+        # much per partition anyway.
+        unsynced = max(durability.max_unsynced_bytes // len(self.partitions), durability.flush_bytes)
         for part in self.partitions.values():
             if part.cache_budget_bytes != budget:
                 part.set_cache_budget(budget)
+            if part.unsynced_budget_bytes and part.unsynced_budget_bytes != unsynced:
+                part.set_unsynced_budget(unsynced)
+
+    @property
+    def metadata_read_only(self) -> str | None:
+        """Why metadata changes are refused (a metadata write failed), or None."""
+        return self.metalog.broken
 
     def apply(self, op: Op) -> object:
-        """Applies a metadata op and makes it durable before anyone sees the result."""
-        result = self.metadata.apply(op)  # validates; raises IggyError without side effects
-        self.metalog.append(op)
-        return result
+        """Validates a metadata op, logs it durably, then applies it (log before apply).
 
-    def close(self) -> None:
-        for part in self.partitions.values():
+        Raises IggyError, with nothing changed in memory or on disk: the op's own error, or
+        METADATA_READ_ONLY when this or an earlier metadata write failed. A caller acts on
+        files (partitions) only after this returned.
+        """
+        first_failure = self.metalog.broken is None
+        try:
+            return self.metalog.apply(op)
+        except MetaLogBroken as e:
+            if first_failure and self.metalog.broken is not None:
+                log.critical(
+                    "METADATA IS READ-ONLY until restart: %s. %s was refused and not applied; every "
+                    "later metadata change is refused with status %d (%s); reads, sends and polls go on",
+                    self.metalog.broken,
+                    type(op).__name__,
+                    Status.METADATA_READ_ONLY,
+                    Status.METADATA_READ_ONLY.name,
+                )
+            else:
+                log.error("refused %s: metadata is read-only (%s)", type(op).__name__, self.metalog.broken)
+            raise IggyError(Status.METADATA_READ_ONLY, str(e)) from e
+
+    def close(self) -> list[Unpersisted]:
+        """Flushes and syncs every partition and closes everything. A partition that cannot
+        persist is retried (backoff as for the retry ticker) for at most
+        `durability.shutdown_retry_ms` in all; what still is not on disk is returned (and
+        logged): the caller must not report a clean shutdown then."""
+        deadline_s = time.monotonic() + self.config.durability.shutdown_retry_ms / 1000
+        lost: list[Unpersisted] = []
+        for key, part in self.partitions.items():
             try:
-                part.flush(fsync=True)
+                failure = self._persist(key, part, deadline_s)
+            except Exception as exc:  # e.g. a damaged segment met while preparing a rewrite
+                log.exception("persisting partition %s at shutdown failed", key)
+                failure = OSError(errno.EIO, repr(exc))
+            offsets = part.unpersisted_range()
+            try:
                 part.close()
-            except OSError:
-                log.exception("closing partition %d failed", part.partition_id)
+            except OSError as exc:
+                failure = failure or exc
+            if offsets is not None and offsets[0] < offsets[1]:
+                lost.append(Unpersisted(key, offsets[0], offsets[1], str(failure or part.failure)))
+            elif failure is not None:
+                log.error("closing partition %s failed: %s", key, failure)
+        for item in lost:
+            log.critical("%s", item.describe(self.partition_config.durable_polls))
         self.partitions.clear()
         self.writer.close()  # after the partitions: their closes still submit jobs
         self.metalog.close()
+        return lost
+
+    def _persist(self, key: PartitionKey, part: Partition, deadline_s: float) -> OSError | None:
+        """Flush and sync `part`, retrying a failed one until `deadline_s`; the last error."""
+        interval_s = self.config.durability.retry_interval_ms / 1000
+        max_interval_s = self.config.durability.retry_max_interval_ms / 1000
+        while True:
+            if not part.failed:
+                try:
+                    part.flush(fsync=True)
+                    return None
+                except OSError as exc:
+                    if not part.failed:
+                        return exc  # not a write failure a retry could cure
+            part.wait_for_jobs()
+            if not part.failed:
+                continue
+            left_s = deadline_s - time.monotonic()
+            if left_s <= 0:
+                failure = part.failure
+                return failure if isinstance(failure, OSError) else OSError(errno.EIO, str(failure))
+            log.warning(
+                "shutdown: partition %s cannot persist (%s); retrying %.1f s more", key, part.failure, left_s
+            )
+            # Blocking is fine here: the server stopped serving before closing.
+            time.sleep(min(interval_s, left_s))
+            interval_s = min(interval_s * 2, max_interval_s)
+            part.retry_failed()
+            part.wait_for_jobs()
 
     # ---- writer completions ------------------------------------------------------------
     def _on_write_done(self) -> None:
@@ -249,8 +479,19 @@ class Shard:
             if part.pending_jobs:
                 try:
                     part.reap()
-                except OSError:
-                    log.exception("writing partition %s failed; it refuses writes until restart", key)
+                except OSError as exc:
+                    log.error(
+                        "writing partition %s failed (%s); it refuses writes (status %d) and is retried "
+                        "every %d..%d ms until a retry succeeds",
+                        key,
+                        exc,
+                        Status.CANNOT_SAVE_MESSAGES,
+                        self.config.durability.retry_interval_ms,
+                        self.config.durability.retry_max_interval_ms,
+                    )
+        for part in self.partitions.values():
+            if part.offsets.pending:
+                part.offsets.reap()  # consumer-offset changes and syncs (they log their failures)
 
     # ---- sessions ----------------------------------------------------------------------
     def open_session(self, conn: Connection | None, address: str) -> Session:
@@ -283,32 +524,74 @@ class Shard:
             count += c
         return size, count
 
+    # Deletes: the caller applied the delete op just before (so `metadata.revision` is its
+    # revision). The folder is first moved under deleted/{revision}, so a crash while removing
+    # it leaves a folder the next start can prove dead; then it is removed.
     def drop_partition(self, key: PartitionKey) -> None:
+        moved = self._move_to_deleted(self.partition_dir(key))
+        self._close_dropped(key)
+        self._remove_deleted(moved)
+
+    def _close_dropped(self, key: PartitionKey) -> None:
         part = self.partitions.pop(key, None)
         self._dirty.discard(key)
         if part is not None:
-            part.destroy()
+            part.destroy()  # removes its folder in place if the move to deleted/ failed
             self._share_cache()
         else:
             shutil.rmtree(self.partition_dir(key), ignore_errors=True)
 
+    def _move_to_deleted(self, path: Path) -> Path | None:
+        """Moves the folder of an entity whose delete is logged under deleted/{revision}/."""
+        if not path.exists():
+            return None
+        root = self.data_dir / DELETED_DIR / f"{self.metadata.revision:020}"
+        dest = root / path.relative_to(self.data_dir)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, dest)
+        except OSError:
+            # The delete is logged, so removing the folder in place is still right; only a
+            # crash halfway through would leave a remainder, which the next start quarantines.
+            log.exception("moving %s to %s failed; removing it in place", path, dest)
+            return None
+        try:
+            _fsync_dir(path.parent)
+        except OSError:
+            # Lost in a power cut, the move leaves the folder in place: quarantined, not lost.
+            log.exception("syncing %s after moving %s out failed", path.parent, path.name)
+        return root
+
+    @staticmethod
+    def _remove_deleted(root: Path | None) -> None:
+        if root is not None:
+            # What a failure leaves behind is removed by the next start (`_sweep_deleted`).
+            shutil.rmtree(root, ignore_errors=True)
+
     def create_partition(self, key: PartitionKey) -> Partition:
-        """A partition metadata has just created: it starts empty, whatever an earlier entity
-        with a reused id may have left behind (a delete whose cleanup was interrupted)."""
-        shutil.rmtree(self.partition_dir(key), ignore_errors=True)
+        """A partition metadata has just created: it starts empty. Files already in its folder
+        cannot belong to it (deletes move folders away first), so they belong to an entity
+        metadata lost: they are quarantined, never removed."""
+        path = self.partition_dir(key)
+        if path.is_dir() and any(path.iterdir()):
+            self._quarantine(path, None, f"partition {key}: created anew, but its folder already held files")
         return self.open_partition(key)
 
     def drop_topic(self, stream_id: int, topic_id: int, partition_ids: list[int]) -> None:
         """Everything of a topic that metadata has just deleted: partitions, files, counters."""
+        moved = self._move_to_deleted(self.topic_dir(stream_id, topic_id))
         for pid in partition_ids:
-            self.drop_partition((stream_id, topic_id, pid))
+            self._close_dropped((stream_id, topic_id, pid))
         shutil.rmtree(self.topic_dir(stream_id, topic_id), ignore_errors=True)
+        self._remove_deleted(moved)
         self.balanced_counters.pop((stream_id, topic_id), None)
 
     def drop_stream(self, stream_id: int, topics: list[tuple[int, list[int]]]) -> None:
+        moved = self._move_to_deleted(self.stream_dir(stream_id))
         for topic_id, partition_ids in topics:
             self.drop_topic(stream_id, topic_id, partition_ids)
         shutil.rmtree(self.stream_dir(stream_id), ignore_errors=True)
+        self._remove_deleted(moved)
 
     def mark_written(self, key: PartitionKey) -> None:
         self._dirty.add(key)
@@ -329,6 +612,46 @@ class Shard:
         if failed:
             raise OSError(f"flushing partitions {failed} failed")
 
+    def retry_failed(self, now_s: float) -> None:
+        """Retries partitions whose write or sync failed, with backoff: the first retry
+        `retry_interval_ms` after the failure is seen, then at doubling intervals up to
+        `retry_max_interval_ms`. A retry rewrites what may not be on disk and syncs it (see
+        `Partition.retry_failed`); the partition takes writes again once it succeeded."""
+        durability = self.config.durability
+        first_s = durability.retry_interval_ms / 1000
+        for key, part in self.partitions.items():
+            if not part.failed:
+                if self._retries and self._retries.pop(key, None) is not None:
+                    log.warning("partition %s recovered: its data is written and synced; writes resume", key)
+                continue
+            entry = self._retries.get(key)
+            if entry is None:
+                self._retries[key] = (now_s + first_s, first_s)
+                continue
+            due_s, interval_s = entry
+            if now_s < due_s:
+                continue
+            try:
+                started = part.retry_failed()
+            except OSError as exc:  # preparing the rewrite read the files: still failing
+                log.error("retrying partition %s failed at once: %s", key, exc)
+                started = True
+            if started:
+                log.warning("partition %s: retrying its failed write (%s)", key, part.failure)
+                next_s = min(interval_s * 2, durability.retry_max_interval_ms / 1000)
+                self._retries[key] = (now_s + next_s, next_s)
+        for key in [k for k in self._retries if k not in self.partitions]:
+            del self._retries[key]
+
+    async def _retry_ticker(self) -> None:
+        interval_s = self.config.durability.retry_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.retry_failed(time.monotonic())
+            except Exception:
+                log.exception("retrying failed partitions failed; trying again next tick")
+
     # ---- background work ---------------------------------------------------------------
     async def _flush_ticker(self) -> None:
         interval_s = self.config.durability.flush_interval_ms / 1000
@@ -341,6 +664,14 @@ class Shard:
         while True:
             await asyncio.sleep(interval_s)
             self._tick(self.flush_all, True)
+            self._tick(self.sync_offsets, True)
+
+    def sync_offsets(self, _fsync: bool = True) -> None:
+        """Hands every dirty consumer-offset file to the writer for an fdatasync (fsync =
+        interval). Does not wait; a failed sync is logged and retried at the next one."""
+        for part in self.partitions.values():
+            if part.offsets.dirty:
+                part.offsets.sync()
 
     @staticmethod
     def _tick(work: Callable[[bool], None], fsync: bool) -> None:
@@ -401,6 +732,7 @@ class Shard:
         sock = self._server.sockets[0]
         self.bound_port = sock.getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._flush_ticker()))
+        self._tasks.append(asyncio.ensure_future(self._retry_ticker()))
         if self.config.durability.fsync is FsyncPolicy.INTERVAL:
             self._tasks.append(asyncio.ensure_future(self._fsync_ticker()))
         if self.config.retention.cleaner_enabled:
@@ -408,8 +740,9 @@ class Shard:
         if self.config.heartbeat.enabled:
             self._tasks.append(asyncio.ensure_future(self._heartbeat_ticker()))
 
-    async def stop(self) -> None:
-        """Stops accepting, closes connections, flushes and syncs everything."""
+    async def stop(self) -> list[Unpersisted]:
+        """Stops accepting, closes connections, flushes and syncs everything; returns what
+        could not be persisted (see `close`)."""
         self.stopping = True
         if self._server is not None:
             self._server.close()
@@ -424,7 +757,26 @@ class Shard:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
-        self.close()
+        return self.close()
+
+
+def _entity_id(name: str) -> int | None:
+    return int(name) if name.isdigit() else None
+
+
+def _entity_dirs(parent: Path) -> list[Path]:
+    """The numbered entity folders in `parent` (anything else there is not ours to judge)."""
+    if not parent.is_dir():
+        return []
+    return sorted((p for p in parent.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

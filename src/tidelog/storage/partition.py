@@ -24,45 +24,69 @@ Who does the I/O:
   so far is written (and synced)"; callers asking for a sync while one is outstanding share
   the next one (group commit). The owner thread must call `reap()` when jobs complete (the
   writer's `on_complete` says when): it retires jobs, raises a write error once, submits the
-  shared sync and trims memory. After a failed write the partition refuses writes (OSError)
-  until it is reopened; what it holds stays pollable.
+  shared sync and trims memory.
+
+Durable offset. Every offset below `durable_offset` is in the logs and was fdatasync'ed (it
+moves when a job that synced completes; at open, what recovery found is synced once, see
+`_sync_recovered`). With `durable_polls` (fsync = always, where an acknowledgement waits for the sync) polls,
+`current_offset`, `messages_count` and `size_bytes` cover only durable offsets: a consumer
+never sees an offset that a crash could later give to another message. Without it, polls
+also serve what is acknowledged but not yet durable (the journal, in-flight and written but
+unsynced batches), which a crash may lose and whose offsets are then reused.
+
+Failures. A job stops at its first failing op and the writer skips this partition's later
+jobs (see `writer.Lane`). The partition is then `failed`: it refuses appends and flushes
+with an OSError carrying the failure's errno, and keeps everything it holds pollable. It
+does not retry on its own: the owner calls `retry_failed()` (the shard, with backoff) once
+every job of the partition has completed. A retry writes again every byte from the last
+point known to be safe, the durable offset, to the end of what was handed to the disk:
+after a failed fdatasync the kernel may have dropped the dirty pages, so a later fdatasync
+succeeding proves nothing about bytes written before it (fsyncgate). Positions and index
+entries come from the batches in memory and the segments' logical state; a sealed segment
+the range touches is sealed and synced again. The journal follows, then an fdatasync of
+every log written; when that job completes the partition accepts writes again. Nothing
+durable is truncated. For this the batches stay in memory until synced, not merely written
+(`max_unsynced_bytes` > 0; past that many unsynced bytes a sync is submitted early, so the
+memory held stays bounded). With `max_unsynced_bytes` = 0 (fsync = never: nothing is synced
+on a schedule) batches leave memory once written, and a retry starts at the written offset.
+Creating a segment's files during a flush can fail too: the partition fails the same way
+and the retry writes what that flush had recorded.
 
 Memory and polls. The batches in memory are one run of offsets ending at `next_offset`:
 written batches kept as the tail cache, then in-flight ones, then the journal. The tail
 cache (the newest `cache_bytes` of written batches) exists with a writer only: O_DIRECT
 writes bypass the page cache, and a consumer tailing the producer should never read the
-disk. A poll serves offsets below that run from the segment files (one pread per segment)
-and the rest as memoryview slices of the batch buffers. Unwritten messages, and written ones
-never synced, are lost on a crash.
+disk. A poll serves offsets below that run from the segment files (one pread or sendfile
+range per segment, verified by the segment unless known good: a message that fails is never
+served, the poll stops before it or answers INVALID_MESSAGE_CHECKSUM) and the rest as
+memoryview slices of the batch buffers. Unwritten messages, and written ones never synced,
+are lost on a crash. Sealed segments keep their index in the files and in `index_cache`
+(shared, bounded); see segment.py.
 
-Consumer offsets (kind 1 = consumer, 2 = consumer group; id u32). Each stored offset has a
-64-byte file `offsets/consumers/{id}` or `offsets/groups/{id}` holding two 32-byte slots:
-`magic "TLCO", u32 0, sequence u64, offset u64, checksum u64` (XXH3-64 of the first 24
-bytes). A store writes the slot the previous store did not use, with the next sequence
-number, so a torn write can only damage the slot being written and the previous value
-survives; reading takes the valid slot with the higher sequence. One small pwrite per store,
-fdatasync only when `fsync_on_flush` is set. (An 8-byte file, the reference server's u64
-format, is also read.) On open, offsets above the current offset are clamped down to it;
-when the partition never held a message they are removed instead, because a stored 0 would
-make Next skip the first message to come.
+Consumer offsets live in `offsets/` and belong to `self.offsets`, an `offsets.OffsetStore`
+(file format, fallback on a damaged slot, durability: see that module). The partition checks
+a stored offset against its messages; retention keeps every segment a stored offset has not
+passed.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import struct
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
+from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.io import BufferedIO, File, FileIO, FileRange
-from tidelog.storage.recovery import RecoveryReport, recover
+from tidelog.storage.offsets import CONSUMER_KIND as CONSUMER_KIND
+from tidelog.storage.offsets import GROUP_KIND as GROUP_KIND
+from tidelog.storage.offsets import OffsetStore
+from tidelog.storage.recovery import QUARANTINE_DIR, RecoveryReport, recover
 from tidelog.storage.segment import Segment
 from tidelog.storage.writer import (
     Lane,
@@ -77,18 +101,12 @@ from tidelog.storage.writer import (
     running_future,
 )
 from tidelog.wire.batch import Batch, stamp, storage_index
-from tidelog.wire.codes import U32_MAX, U64_MAX, IggyError, Status
+from tidelog.wire.codes import INDEX_ENTRY_SIZE, U32_MAX, U64_MAX, IggyError, Status
 
-CONSUMER_KIND = 1
-GROUP_KIND = 2
-_OFFSET_DIRS = {CONSUMER_KIND: "consumers", GROUP_KIND: "groups"}
-_SLOT = struct.Struct("<4sIQQQ")
-_SLOT_MAGIC = b"TLCO"
-_OPEN_OFFSET_FILES_MAX = 16
 # Evicted entries at the front of the memory lists are cut off in one go past this many.
 _COMPACT_AT = 256
-
-assert _SLOT.size == 32
+# A partition opened without a shard's shared index cache gets one of this size.
+DEFAULT_INDEX_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -97,17 +115,25 @@ class PartitionConfig:
     flush_messages: int = 1024  # journal -> disk when this many messages wait
     flush_bytes: int = 1 << 20  # ... or this many bytes
     fsync_on_flush: bool = False  # fdatasync after every flush
+    offsets_fsync: bool = False  # a consumer-offset change completes once fdatasynced (fsync = always)
     verify_checksums_on_open: bool = (
         False  # whole-log check; the tail after the last index entry is always checked
     )
     cache_bytes: int = 32 << 20  # with a writer: newest written batches kept in memory for polls
+    # > 0: batches stay in memory until synced (a failed write or sync rewrites them), and a
+    # sync is submitted once this many bytes are unsynced. 0: they go once written.
+    max_unsynced_bytes: int = 0
+    # Polls and counts cover durable offsets only (fsync = always); needs max_unsynced_bytes.
+    durable_polls: bool = False
 
     def __post_init__(self) -> None:
         # Index positions are u32, so a segment (plus the batch that crosses its limit)
         # must stay addressable.
         assert 0 < self.segment_size_bytes <= U32_MAX // 2
         assert self.flush_messages > 0 and self.flush_bytes > 0
-        assert self.cache_bytes >= 0
+        assert self.cache_bytes >= 0 and self.max_unsynced_bytes >= 0
+        # The durable view's size is counted from the batches held since the durable offset.
+        assert not self.durable_polls or self.max_unsynced_bytes > 0
 
 
 @dataclass
@@ -178,8 +204,11 @@ class Partition:
         segments: list[Segment],
         recovery: RecoveryReport,
         writer: Writer | None = None,
+        index_cache: IndexCache | None = None,
     ) -> None:
         assert segments
+        # Sealed segments' index columns live here (shared by a shard's partitions).
+        self.index_cache = index_cache if index_cache is not None else IndexCache(DEFAULT_INDEX_CACHE_BYTES)
         self.directory = directory
         self.partition_id = partition_id
         self.config = config
@@ -191,8 +220,9 @@ class Partition:
         self.unflushed_bytes = 0
         self.next_offset = segments[-1].next_offset
         self._last_timestamp_us = max(s.end_timestamp for s in segments)
-        self._offsets: dict[tuple[int, int], tuple[int, int]] = {}  # (kind, id) -> (offset, sequence)
-        self._offset_files: OrderedDict[tuple[int, int], File] = OrderedDict()
+        self.offsets = OffsetStore(
+            io, directory / "offsets", directory / QUARANTINE_DIR, writer, config.offsets_fsync
+        )
         self._closed = False
         # Batches in memory, oldest first; entries before _mem_head are evicted. Indexes:
         # [_mem_head, _unwritten_at) written (the tail cache), [_unwritten_at, _journal_at)
@@ -204,6 +234,14 @@ class Partition:
         self._journal_at = 0
         self._cached_bytes = 0  # bytes of the written batches still held
         self._written_offset = self.next_offset  # offsets below are in the files
+        # Offsets below are in the files and synced (`open` syncs what recovery found). Held
+        # batches before _synced_at end at or below it; _unsynced_bytes counts the others.
+        self._durable_offset = self.next_offset
+        self._synced_at = 0
+        self._unsynced_bytes = 0
+        # Past this many unsynced bytes, append submits a sync (no limit when not holding).
+        self._unsynced_budget = config.max_unsynced_bytes
+        self._unsynced_limit = config.max_unsynced_bytes or U64_MAX
         self._writer = writer
         self._cache_budget = config.cache_bytes if writer is not None else 0
         self._lane = Lane()
@@ -219,8 +257,9 @@ class Partition:
         self._dirty: dict[int, File] = {} if active.is_empty else {id(active.log): active.log}
         self._dirty_index: dict[int, File] = {} if active.is_empty else {id(active.index): active.index}
         self._dir_dirty = False
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # the write error not recovered from yet
         self._failure_raised = False
+        self._retry_job: _Job | None = None  # a retry's rewrite, queued or running
 
     @classmethod
     def open(
@@ -230,18 +269,33 @@ class Partition:
         config: PartitionConfig,
         io: FileIO | None = None,
         writer: Writer | None = None,
+        index_cache: IndexCache | None = None,
     ) -> Partition:
         """Recover the partition in `directory`. With a `writer`, flushes run on its thread
-        (see the module docstring); the caller must then `reap()` when jobs complete."""
+        (see the module docstring); the caller must then `reap()` when jobs complete.
+        Sealed segments keep their index columns in `index_cache` (a private one of
+        DEFAULT_INDEX_CACHE_BYTES when None)."""
         io = io or BufferedIO()
         io.makedirs(directory)
-        segments, report = recover(io, directory, config.verify_checksums_on_open)
-        part = cls(directory, partition_id, config, io, segments, report, writer)
-        part._load_offsets()
+        cache = index_cache if index_cache is not None else IndexCache(DEFAULT_INDEX_CACHE_BYTES)
+        segments, report = recover(io, directory, config.verify_checksums_on_open, cache)
+        part = cls(directory, partition_id, config, io, segments, report, writer, cache)
+        part.offsets.load(part.next_offset, report)
+        part._sync_recovered()
         if part._active.size_bytes >= config.segment_size_bytes:
             # The size limit may have shrunk since the last run.
             run_ops(part._rotate_ops(part.next_offset))
+            part._release_written_indexes()
         return part
+
+    def _sync_recovered(self) -> None:
+        """Sync the logs an earlier run may have left unsynced (a kill -9 leaves its writes in
+        the page cache only), so that everything recovered counts as durable: the active
+        segment and the one sealed before it (sealing syncs a segment, so older ones were
+        synced unless several rotations were in flight at the crash)."""
+        ops: list[Op] = [SyncOp(s.log) for s in self._segments[-2:] if not s.is_empty]
+        run_ops(ops)
+        self._dirty.clear()
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -249,17 +303,28 @@ class Partition:
         return self._segments[-1]
 
     @property
+    def _visible_end(self) -> int:
+        """Polls and counts stop before this offset (see `durable_polls`)."""
+        return self._durable_offset if self.config.durable_polls else self.next_offset
+
+    @property
     def current_offset(self) -> int:
-        """Offset of the last message; 0 when empty (as the protocol reports it)."""
-        return self.next_offset - 1 if self.next_offset else 0
+        """Offset of the last message a poll can return; 0 when empty (as the protocol
+        reports it)."""
+        end = self._visible_end
+        return end - 1 if end else 0
 
     @property
     def messages_count(self) -> int:
-        return sum(s.messages_count for s in self._segments) + self.unflushed_messages
+        """Messages a poll can return (those below the durable offset with `durable_polls`)."""
+        count = sum(s.messages_count for s in self._segments) + self.unflushed_messages
+        return count - (self.next_offset - self._visible_end)
 
     @property
     def size_bytes(self) -> int:
-        return sum(s.size_bytes for s in self._segments) + self.unflushed_bytes
+        """Bytes of the messages a poll can return (see `messages_count`)."""
+        size = sum(s.size_bytes for s in self._segments) + self.unflushed_bytes
+        return size - self._unsynced_bytes if self.config.durable_polls else size
 
     @property
     def segments_count(self) -> int:
@@ -294,9 +359,27 @@ class Partition:
         return sum(p.batch.size_bytes for p in self._mem[self._mem_head :])
 
     @property
+    def durable_offset(self) -> int:
+        """Every offset below this one is in the logs and fdatasync'ed (as far as `reap` knows)."""
+        return self._durable_offset
+
+    @property
     def failed(self) -> bool:
-        """A write failed: the partition refuses writes until it is reopened."""
+        """A write or sync failed and no retry has succeeded since: appends and flushes are
+        refused (see `retry_failed`)."""
         return self._failure is not None
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def unpersisted_range(self) -> tuple[int, int] | None:
+        """While failed: [first, end) of the offsets not known to be on disk (from the
+        durable offset, or the written one when batches are not held until synced)."""
+        if self._failure is None:
+            return None
+        floor = self._durable_offset if self._unsynced_budget else self._written_offset
+        return max(floor, self.first_offset), self.next_offset
 
     # ---- write path ----------------------------------------------------------------------
     def append(self, batch: Batch, now_us: int, random_bytes: Callable[[int], bytes]) -> int:
@@ -315,18 +398,35 @@ class Partition:
         self._last_timestamp_us = timestamp_us
         self.unflushed_messages += batch.count
         self.unflushed_bytes += batch.size_bytes
+        self._unsynced_bytes += batch.size_bytes
         cfg = self.config
+        # Held unsynced batches past their budget: sync now rather than hold more (unless a
+        # sync is already on its way, which will let them go).
+        sync_due = self._unsynced_bytes >= self._unsynced_limit and self._sync_job is None
         if (
-            self.unflushed_messages >= cfg.flush_messages
+            sync_due
+            or self.unflushed_messages >= cfg.flush_messages
             or self.unflushed_bytes >= cfg.flush_bytes
             or self._active.size_bytes + self.unflushed_bytes >= cfg.segment_size_bytes
         ):
-            self._flush_journal(cfg.fsync_on_flush)
+            self._flush_journal(cfg.fsync_on_flush or sync_due)
         return self.next_offset - 1
 
     @property
     def cache_budget_bytes(self) -> int:
         return self._cache_budget
+
+    @property
+    def unsynced_budget_bytes(self) -> int:
+        return self._unsynced_budget
+
+    def set_unsynced_budget(self, budget_bytes: int) -> None:
+        """Resize `max_unsynced_bytes` (the owner shares one budget among its partitions).
+        Only while holding: a partition configured with 0 lets batches go once written."""
+        assert budget_bytes > 0
+        if self._unsynced_budget:
+            self._unsynced_budget = budget_bytes
+            self._unsynced_limit = budget_bytes
 
     def set_cache_budget(self, budget_bytes: int) -> None:
         """Resize the tail cache (the owner shares one memory budget among its partitions).
@@ -377,8 +477,9 @@ class Partition:
 
     def reap(self) -> None:
         """On the owner thread: retire completed jobs, submit a shared sync that is due,
-        evict written batches beyond the tail cache. Raises the first write error once (as
-        OSError); afterwards the partition refuses writes. A no-op once closed."""
+        evict batches that are written (and synced, when holding) beyond the tail cache.
+        Raises a write error once (as OSError) when the partition fails; it then refuses
+        writes until `retry_failed` succeeds. A no-op once closed."""
         if self._closed:
             return
         self._retire()
@@ -395,8 +496,15 @@ class Partition:
             exc = job.future.exception()
             if exc is None:
                 self._written_offset = job.end_offset
-            elif self._failure is None:
+                if job.sync:
+                    self._durable_offset = job.end_offset
+                if job is self._retry_job:
+                    self._failure = None  # recovered: writes are accepted again
+                    self._failure_raised = False
+            elif self._failure is None or job is self._retry_job:
                 self._failure = exc
+            if job is self._retry_job:
+                self._retry_job = None
         if self._next_sync is not None and self._sync_job is None:
             waiters, self._next_sync = self._next_sync, None
             if self._failure is None:
@@ -410,11 +518,99 @@ class Partition:
             raise self._refusal()
 
     def _refusal(self) -> OSError:
-        error = OSError(
-            errno.EIO, f"partition {self.partition_id}: an earlier write failed ({self._failure})"
-        )
-        error.__cause__ = self._failure
+        failure = self._failure
+        code = failure.errno if isinstance(failure, OSError) and failure.errno else errno.EIO
+        detail = f"partition {self.partition_id}: refusing writes until a failed write is retried ({failure})"
+        error = OSError(code, detail)
+        error.__cause__ = failure
         return error
+
+    def wait_for_jobs(self) -> None:
+        """Block until no job of this partition is queued or running, and retire them (a
+        failure is kept, not raised)."""
+        assert not self._closed
+        self._drain()
+
+    def retry_failed(self) -> bool:
+        """After a failure, once every job of the partition has completed: write again every
+        byte from the durable offset (the written offset when not holding) to the end of
+        what was handed to the disk, then the journal, then fdatasync every log written, as
+        one job (run here without a writer). Returns whether a retry was started; the
+        partition accepts writes again once it completes. See the module docstring."""
+        assert not self._closed
+        if self._jobs:
+            self._retire()
+        if self._failure is None or self._jobs or self._next_sync is not None:
+            return False  # nothing to retry, or skipped jobs of the failure are still queued
+        try:
+            ops = self._rewrite_ops()
+            ops += self._prepare(True)  # the journal, then syncs of every log written since
+        except OSError as e:  # reading a position back, or creating a segment, failed
+            self._failure = e
+            return True
+        end = self.next_offset
+        self._lane = Lane()  # the failed lane keeps refusing; nothing of it is queued any more
+        if self._writer is None:
+            try:
+                run_ops(ops)
+            except BaseException as e:
+                self._failure = e
+                return True
+            self._written_offset = self._durable_offset = end
+            self._failure = None
+            self._failure_raised = False
+            self._trim_memory()
+            return True
+        job = _Job(self._writer.submit(ops, self._lane), end, True)
+        self._retry_job = job
+        self._jobs.append(job)
+        return True
+
+    def _rewrite_ops(self) -> list[Op]:
+        """Writes of every batch handed to the disk since the last point known safe, per
+        segment, with their index entries; a sealed segment among them is sealed and synced
+        again, the others count as dirty."""
+        floor = self._durable_offset if self._unsynced_budget else self._written_offset
+        floor = max(floor, self.first_offset)  # retention may have deleted what was below
+        mem, bases, end = self._mem, self._mem_bases, self._journal_at
+        i = bisect.bisect_left(bases, floor, self._mem_head, end)
+        # Everything from the floor is held: batches leave memory only once below it.
+        assert i == end or bases[i] == floor, (floor, bases[i])
+        ops: list[Op] = []
+        while i < end:
+            k = bisect.bisect_right(self._segment_starts, bases[i]) - 1
+            segment = self._segments[k]
+            j = i
+            while j < end and bases[j] < segment.next_offset:
+                j += 1
+            ops += self._rewrite_segment_ops(segment, mem[i:j])
+            i = j
+        self._dir_dirty = True  # rotations of the failed jobs created files
+        return ops
+
+    def _rewrite_segment_ops(self, segment: Segment, pending: list[_Pending]) -> list[Op]:
+        first = pending[0].base_offset
+        relative = first - segment.start_offset
+        position = segment.byte_range(segment.start_offset, first)[1] if relative else 0
+        index_at = relative * INDEX_ENTRY_SIZE
+        entries = []
+        at = position
+        for p in pending:
+            entries.append(storage_index(p.batch, relative, at, p.timestamp_us))
+            relative += p.batch.count
+            at += p.batch.size_bytes
+        rows = np.concatenate(entries)
+        ops: list[Op] = [
+            WriteOp(segment.log, [p.batch.buf for p in pending], position, at - position),
+            WriteOp(segment.index, [rows.data], index_at, rows.nbytes),
+        ]
+        if segment is not self._active:
+            # Sealed (maybe by the failed job): seal and sync it again, as a rotation does.
+            log_file, index_file = segment.log, segment.index
+            return [*ops, SealOp(log_file), SealOp(index_file), SyncOp(log_file), SyncOp(index_file)]
+        self._dirty[id(segment.log)] = segment.log
+        self._dirty_index[id(segment.index)] = segment.index
+        return ops
 
     def _flush_journal(self, sync: bool, indexes: bool = False) -> Future[None]:
         """Prepare the journal's writes (and a sync) and run them, here or on the writer."""
@@ -430,6 +626,8 @@ class Partition:
                 self._failure_raised = True
                 raise
             self._written_offset = end
+            if sync:
+                self._durable_offset = end
             self._trim_memory()
             return done_future()
         future = self._writer.submit(ops, self._lane)
@@ -444,22 +642,32 @@ class Partition:
         journal = self._mem[self._journal_at :]
         i = 0
         limit = self.config.segment_size_bytes
-        while i < len(journal):
-            segment = self._active
-            j, size = i, segment.size_bytes
-            # Take batches until the segment is full. A batch may cross the limit (the limit
-            # is soft, as in Iggy) but never the u32 reach of index positions.
-            while j < len(journal) and size < limit and size + journal[j].batch.size_bytes <= U32_MAX:
-                size += journal[j].batch.size_bytes
-                j += 1
-            if j == i:
-                assert not segment.is_empty
-                ops += self._rotate_ops(journal[i].base_offset)
-                continue
-            ops += self._write_ops(segment, journal[i:j])
-            i = j
-            if segment.size_bytes >= limit:
-                ops += self._rotate_ops(journal[i].base_offset if i < len(journal) else self.next_offset)
+        try:
+            while i < len(journal):
+                segment = self._active
+                j, size = i, segment.size_bytes
+                # Take batches until the segment is full. A batch may cross the limit (the
+                # limit is soft, as in Iggy) but never the u32 reach of index positions.
+                while j < len(journal) and size < limit and size + journal[j].batch.size_bytes <= U32_MAX:
+                    size += journal[j].batch.size_bytes
+                    j += 1
+                if j == i:
+                    assert not segment.is_empty
+                    ops += self._rotate_ops(journal[i].base_offset)
+                    continue
+                ops += self._write_ops(segment, journal[i:j])
+                i = j
+                if segment.size_bytes >= limit:
+                    ops += self._rotate_ops(journal[i].base_offset if i < len(journal) else self.next_offset)
+        except OSError as e:
+            # Creating the next segment's files failed. The batches before it were recorded in
+            # the segments but their writes go nowhere: fail, and let a retry write them.
+            self._journal_at += i
+            self.unflushed_messages = sum(p.batch.count for p in journal[i:])
+            self.unflushed_bytes = sum(p.batch.size_bytes for p in journal[i:])
+            self._failure = e
+            self._failure_raised = True
+            raise
         self._journal_at = len(self._mem)
         self.unflushed_messages = 0
         self.unflushed_bytes = 0
@@ -496,34 +704,67 @@ class Partition:
     def _rotate_ops(self, start_offset: int) -> list[Op]:
         old = self._active
         assert start_offset == old.next_offset
+        new = Segment.create(self.io, self.directory, start_offset)  # may fail: nothing changed yet
         old.seal()
         self._dirty.pop(id(old.log), None)
         self._dirty_index.pop(id(old.index), None)
-        self._segments.append(Segment.create(self.io, self.directory, start_offset))
+        self._segments.append(new)
         self._segment_starts.append(start_offset)
         self._dir_dirty = True
         # A sealed segment is read for a long time after: make it durable once, now.
         return [SealOp(old.log), SealOp(old.index), SyncOp(old.log), SyncOp(old.index)]
 
     def _trim_memory(self) -> None:
+        self._release_written_indexes()
         mem, bases = self._mem, self._mem_bases
         i = self._unwritten_at
         while i < self._journal_at and bases[i] + mem[i].batch.count <= self._written_offset:
             self._cached_bytes += mem[i].batch.size_bytes
             i += 1
         self._unwritten_at = i
+        s = self._synced_at
+        while s < i and bases[s] + mem[s].batch.count <= self._durable_offset:
+            self._unsynced_bytes -= mem[s].batch.size_bytes
+            s += 1
+        # When holding, a written batch stays until synced: a failed sync rewrites it.
+        keep_from = s if self._unsynced_budget else i
         h = self._mem_head
         floor = self.first_offset
-        while h < i and (self._cached_bytes > self._cache_budget or bases[h] + mem[h].batch.count <= floor):
+        budget = self._cache_budget
+        while h < i and (
+            bases[h] + mem[h].batch.count <= floor or (h < keep_from and self._cached_bytes > budget)
+        ):
             self._cached_bytes -= mem[h].batch.size_bytes
             h += 1
         self._mem_head = h
+        while s < h:  # gone unsynced (not held, or deleted by retention): no longer counted
+            self._unsynced_bytes -= mem[s].batch.size_bytes
+            s += 1
+        self._synced_at = s
         if h and (h == len(mem) or (h >= _COMPACT_AT and 2 * h >= len(mem))):
             del mem[:h]
             del bases[:h]
             self._unwritten_at -= h
             self._journal_at -= h
+            self._synced_at -= h
             self._mem_head = 0
+
+    def _release_written_indexes(self) -> None:
+        """Sealed segments whose writes have all completed hand their in-memory index to the
+        shared cache; from then on their index is read from the file when not cached."""
+        segments = self._segments
+        for i in range(len(segments) - 2, -1, -1):
+            segment = segments[i]
+            if not segment.holds_index:
+                break  # older ones were released before
+            if segment.next_offset <= self._written_offset:
+                segment.release_index(self.index_cache)
+
+    @property
+    def index_bytes_held(self) -> int:
+        """Index columns held by this partition's segments themselves: the active segment's
+        and those of sealed segments still being written (the shared cache aside)."""
+        return sum(s.index_bytes_held for s in self._segments if s.holds_index)
 
     def _drain(self) -> None:
         """Wait until no job of this partition is queued or running (errors are kept)."""
@@ -553,7 +794,8 @@ class Partition:
             # A gap that recovery left in the chain: continue at the next offset that exists.
             k += 1
             start = max(start, self._segments[k].start_offset)
-        end = min(start + max(count, 0), self.next_offset)
+        # With durable_polls nothing past the durable offset goes out (see the module docstring).
+        end = min(start + max(count, 0), self._visible_end)
         if start >= end:
             return PollResult(start_offset, 0, [])
         budget = max_bytes  # None: unbounded
@@ -572,17 +814,24 @@ class Partition:
                 lo, hi = max(start, segment.start_offset), min(disk_end, segment.next_offset)
                 if lo >= hi:
                     continue  # an empty segment, or a gap left by recovery
-                if budget is not None:
-                    n = _fit(segment.ends, lo - segment.start_offset, hi - lo, budget, got == 0)
-                    stopped = n < hi - lo
-                    if n == 0:
-                        break
-                    hi = lo + n
-                    budget -= segment.byte_range(lo, hi)[1]
-                ranged = segment.file_range(lo, hi) if file_ranges else None
-                chunks.append(ranged if ranged is not None else segment.read_messages(lo, hi))
-                first = lo if first is None else first
-                got += hi - lo
+                # Verified unless known good; stops before a message that fails.
+                span = segment.read_span(lo, hi, budget, got == 0, file_ranges)
+                if span.count:
+                    assert span.chunk is not None
+                    chunks.append(span.chunk)
+                    first = lo if first is None else first
+                    got += span.count
+                    if budget is not None:
+                        budget -= span.nbytes
+                if span.damaged:
+                    if not got:
+                        raise IggyError(
+                            Status.INVALID_MESSAGE_CHECKSUM,
+                            f"partition {self.partition_id}: message at offset {lo} fails verification",
+                        )
+                    stopped = True  # serve the valid prefix, nothing after the damage
+                    break
+                stopped = span.count < hi - lo
                 if stopped:
                     break
         if end > mem_start and not stopped:
@@ -612,7 +861,8 @@ class Partition:
         return PollResult(first if first is not None else start_offset, got, chunks)
 
     def offset_for_timestamp(self, timestamp_us: int) -> int | None:
-        """First offset whose server timestamp >= `timestamp_us`, or None."""
+        """First offset whose server timestamp >= `timestamp_us`, or None. The segment checks
+        its answer against the log (IggyError INVALID_MESSAGE_CHECKSUM when it cannot)."""
         ends = [s.end_timestamp for s in self._segments]
         for segment, end_timestamp in zip(self._segments, ends, strict=True):
             if not segment.is_empty and end_timestamp >= timestamp_us:
@@ -623,104 +873,26 @@ class Partition:
         return None
 
     # ---- consumer offsets ----------------------------------------------------------------
-    def _offset_path(self, kind: int, consumer_id: int) -> Path:
-        return self.directory / "offsets" / _OFFSET_DIRS[kind] / str(consumer_id)
-
-    @staticmethod
-    def _check_key(kind: int, consumer_id: int) -> None:
-        if kind not in _OFFSET_DIRS:
-            raise ValueError(f"consumer kind {kind}")
-        if not 0 <= consumer_id <= U32_MAX:
-            raise ValueError(f"consumer id {consumer_id}")
-
-    def store_offset(self, kind: int, consumer_id: int, offset: int) -> None:
+    def store_offset(self, kind: int, consumer_id: int, offset: int) -> Future[None]:
+        """Store a consumer's offset (it must name a message this partition holds). Raises
+        IggyError CANNOT_SAVE_CONSUMER_OFFSET when the write failed at once; with
+        `offsets_fsync` and a writer, the future completes on `offsets.reap()`, once durable."""
         assert not self._closed
-        self._check_key(kind, consumer_id)
         if self.next_offset == 0 or not 0 <= offset <= self.current_offset:
             raise IggyError(Status.INVALID_OFFSET, f"offset {offset}, current offset {self.current_offset}")
-        self._write_offset(kind, consumer_id, offset)
+        return self.offsets.store(kind, consumer_id, offset)
 
     def get_offset(self, kind: int, consumer_id: int) -> int | None:
-        self._check_key(kind, consumer_id)
-        found = self._offsets.get((kind, consumer_id))
-        return None if found is None else found[0]
+        return self.offsets.get(kind, consumer_id)
 
-    def delete_offset(self, kind: int, consumer_id: int) -> None:
+    def delete_offset(self, kind: int, consumer_id: int) -> Future[None]:
         assert not self._closed
-        self._check_key(kind, consumer_id)
-        if (kind, consumer_id) not in self._offsets:
+        if self.offsets.get(kind, consumer_id) is None:
             raise IggyError(Status.CONSUMER_OFFSET_NOT_FOUND, f"kind {kind} id {consumer_id}")
-        self._remove_offset(kind, consumer_id)
+        return self.offsets.delete(kind, consumer_id)
 
     def min_stored_offset(self) -> int | None:
-        return min((o for o, _ in self._offsets.values()), default=None)
-
-    def _offset_file(self, key: tuple[int, int]) -> File:
-        f = self._offset_files.get(key)
-        if f is not None:
-            self._offset_files.move_to_end(key)
-            return f
-        f = self.io.open(self._offset_path(*key))
-        self._offset_files[key] = f
-        if len(self._offset_files) > _OPEN_OFFSET_FILES_MAX:
-            _, oldest = self._offset_files.popitem(last=False)
-            oldest.close()
-        return f
-
-    def _write_offset(self, kind: int, consumer_id: int, offset: int) -> None:
-        key = (kind, consumer_id)
-        assert 0 <= offset <= U64_MAX
-        previous = self._offsets.get(key)
-        sequence = previous[1] + 1 if previous else 1
-        head = _SLOT.pack(_SLOT_MAGIC, 0, sequence, offset, 0)[:24]
-        slot = head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
-        f = self._offset_file(key)
-        f.pwrite(slot, (sequence % 2) * _SLOT.size)
-        if self.config.fsync_on_flush:
-            f.fdatasync()
-        self._offsets[key] = (offset, sequence)
-
-    def _remove_offset(self, kind: int, consumer_id: int) -> None:
-        key = (kind, consumer_id)
-        f = self._offset_files.pop(key, None)
-        if f is not None:
-            f.close()
-        del self._offsets[key]
-        self.io.unlink(self._offset_path(kind, consumer_id))
-
-    @staticmethod
-    def _read_slots(data: bytes) -> tuple[int, int] | None:
-        """(offset, sequence) of the newest valid slot."""
-        if len(data) == 8:
-            return int.from_bytes(data, "little"), 0
-        best: tuple[int, int] | None = None
-        for at in (0, _SLOT.size):
-            if len(data) < at + _SLOT.size:
-                break
-            magic, _, sequence, offset, checksum = _SLOT.unpack_from(data, at)
-            if magic != _SLOT_MAGIC or xxhash.xxh3_64_intdigest(data[at : at + 24]) != checksum:
-                continue
-            if best is None or sequence > best[1]:
-                best = (offset, sequence)
-        return best
-
-    def _load_offsets(self) -> None:
-        for kind, name in _OFFSET_DIRS.items():
-            folder = self.directory / "offsets" / name
-            self.io.makedirs(folder)
-            for entry in self.io.listdir(folder):
-                if not entry.isdigit() or int(entry) > U32_MAX:
-                    continue
-                found = self._read_slots(self.io.read_file(folder / entry))
-                if found is None:
-                    self.recovery.problems.append(f"offsets/{name}/{entry}: no valid slot, ignored")
-                    continue
-                self._offsets[(kind, int(entry))] = found
-        for (kind, consumer_id), (offset, _) in list(self._offsets.items()):
-            if self.next_offset == 0:
-                self._remove_offset(kind, consumer_id)
-            elif offset > self.current_offset:
-                self._write_offset(kind, consumer_id, self.current_offset)
+        return self.offsets.min_offset()
 
     # ---- retention -----------------------------------------------------------------------
     def _deletable(self, segment: Segment) -> bool:
@@ -772,8 +944,7 @@ class Partition:
         self._drain()
         for segment in self._segments:
             segment.delete()
-        for kind, consumer_id in list(self._offsets):
-            self._remove_offset(kind, consumer_id)
+        self.offsets.delete_all()
         self._mem, self._mem_bases = [], []
         self._mem_head = self._unwritten_at = self._journal_at = self._cached_bytes = 0
         self.unflushed_messages = self.unflushed_bytes = 0
@@ -782,7 +953,10 @@ class Partition:
         self._segments = [Segment.create(self.io, self.directory, 0)]
         self._segment_starts = [0]
         self._dir_dirty = True
-        self.next_offset = self._written_offset = 0
+        self.next_offset = self._written_offset = self._durable_offset = 0
+        self._synced_at = self._unsynced_bytes = 0
+        # Nothing is left that a failed write could still owe the disk.
+        self._failure, self._failure_raised, self._lane = None, False, Lane()
 
     # ---- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
@@ -806,6 +980,7 @@ class Partition:
         """Wait for queued jobs, then remove the partition and everything in it."""
         if not self._closed:
             self._drain()
+            self.offsets.close(sync=False)  # going away: nothing to make durable
             self._close_files()
             self._closed = True
         self.io.rmtree(self.directory)
@@ -813,6 +988,4 @@ class Partition:
     def _close_files(self) -> None:
         for segment in self._segments:
             segment.close()
-        for f in self._offset_files.values():
-            f.close()
-        self._offset_files.clear()
+        self.offsets.close()  # syncs what is dirty; logs and lists in offsets.unsaved what is not

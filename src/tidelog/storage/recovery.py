@@ -4,17 +4,27 @@ For each `{start:020}.log`, in name order:
 
 1. The `.index` entries are taken while they are sane: relative offsets dense from 0, end
    positions rising by at least one header and within the physical .log length. A missing,
-   short, torn or insane index simply yields a shorter prefix.
-2. The last indexed message is read and checked (lengths, offset, checksum). If it does not
-   match, the index is distrusted and rebuilt from byte 0. With `verify_checksums` the whole
-   indexed range is rescanned and the index is cut at the first message that fails.
-3. The bytes after the last indexed message are always scanned with checksums and expected
-   offsets (`scan_messages`), so messages written before a crash that lost their index
-   entries come back, and a torn or zeroed tail ends the scan.
-4. Whatever follows the last valid message is cut from the .log. The cut bytes are first
-   copied to `quarantine/{segment}.log.{reason}-{n}`; nothing is dropped silently. The
-   physical length is only an upper bound (a padded O_DIRECT file is longer than its data).
-5. The .index is rewritten when it differs from what the log proved.
+   short, torn or insane index simply yields a shorter prefix. That prefix is what the index
+   vouches for: its messages were complete in the log before their entries were written.
+2. The entries are checked against the log. By default cheaply: timestamps must not go
+   down, and the headers of the first, the last and a sample of entries must declare the
+   offset, length and timestamp the index gives (the last message is also checksummed).
+   With `verify_checksums` every message is verified (lengths, offset, timestamp, checksum;
+   vectorized, a window at a time). From the first entry that fails, the log is read
+   instead, with checksums and expected offsets (`scan_window`), until it agrees with the
+   index again: a damaged index is rebuilt from the log.
+3. A message that fails inside the range the index vouches for is damage, not a torn
+   write: only the damaged range is cut out. Good data resumes at the next index entry whose
+   message verifies, or failing that at the next valid header carrying a later offset
+   (`find_resumption`). The damaged bytes are copied to `quarantine/`, the segment is split
+   there: the messages before stay in the file, those after move to a new segment named by
+   their first offset, and the missing offsets are reported as a gap.
+4. After the last indexed message the bytes are always scanned with checksums, so messages
+   written before a crash that lost their index entries come back. What follows the last
+   valid message is a torn or zeroed tail: it is cut from the .log after being copied to
+   `quarantine/{segment}.log.{reason}-{n}`; nothing is dropped silently. The physical length
+   is only an upper bound (a padded O_DIRECT file is longer than its data).
+5. The .index is rewritten from the first entry that differs from what the log proved.
 
 Then the chain: segments must follow one another (next start = previous end + 1). An empty
 segment is kept only as the last one and only where the chain expects it; other empty ones
@@ -22,16 +32,31 @@ are strays and are removed. When a segment overlaps the next one, the earlier on
 back (cut bytes quarantined) since the later name claims those offsets. A gap is reported and
 kept: those offsets are simply absent, as if deleted by retention. A partition with no
 segment left gets an empty one at offset 0.
+
+Segments are checked one at a time and every sealed one keeps only O(1) state (its index
+columns are offered to the `IndexCache`), so recovery's memory is bounded by the largest
+segment, not by the partition.
 """
 
 from __future__ import annotations
 
-import struct
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from tidelog.storage.index_cache import IndexCache
+from tidelog.storage.integrity import (
+    QUARANTINE_DIR,
+    SCAN_WINDOW_BYTES,
+    find_resumption,
+    header_fields,
+    index_rows,
+    message_ok,
+    quarantine_copy,
+    scan_window,
+)
 from tidelog.storage.io import File, FileIO
 from tidelog.storage.segment import (
     INDEX_SUFFIX,
@@ -41,19 +66,13 @@ from tidelog.storage.segment import (
     log_name,
     parse_segment_name,
 )
-from tidelog.wire.batch import INDEX_DTYPE, TIMESTAMP_AT, header_u64, scan_messages
-from tidelog.wire.codes import (
-    INDEX_ENTRY_SIZE,
-    MAX_PAYLOAD_BYTES,
-    MAX_USER_HEADERS_BYTES,
-    MESSAGE_HEADER_SIZE,
-)
+from tidelog.wire.batch import INDEX_DTYPE, verify_stored
+from tidelog.wire.codes import INDEX_ENTRY_SIZE, MESSAGE_HEADER_SIZE
 
-QUARANTINE_DIR = "quarantine"
-# Tail scans and quarantine copies read this much at a time, so a huge or padded file never
-# has to fit in memory at once (a single larger message still gets a window of its size).
-SCAN_WINDOW_BYTES = 16 << 20
-_LENGTHS = struct.Struct("<IIQ")
+__all__ = ["QUARANTINE_DIR", "SCAN_WINDOW_BYTES", "RecoveryReport", "recover"]
+
+# Headers checked against the index by default (besides the first and the last entry).
+SAMPLED_ENTRIES = 8
 
 
 @dataclass
@@ -72,18 +91,22 @@ class _Found:
     start: int
     log: File
     index: File
-    ends: np.ndarray  # int64 end positions, as the log proved them
+    ends: np.ndarray  # int64 end positions in this file, as the log proved them
     timestamps: np.ndarray  # uint64
+    trusted_from: int  # entries from here on were proven against the log
 
     @property
     def next_offset(self) -> int:
         return self.start + len(self.ends)
 
 
-def recover(io: FileIO, directory: Path, verify_checksums: bool) -> tuple[list[Segment], RecoveryReport]:
+def recover(
+    io: FileIO, directory: Path, verify_checksums: bool, cache: IndexCache | None = None
+) -> tuple[list[Segment], RecoveryReport]:
     """Check and repair the segments under `directory`; return them oldest first (the last
     one is the active segment, the others are sealed) with a report of what was done."""
     report = RecoveryReport()
+    cache = cache if cache is not None else IndexCache(0)
     names = io.listdir(directory)
     log_starts = sorted(s for n in names if (s := parse_segment_name(n, LOG_SUFFIX)) is not None)
     index_starts = {s for n in names if (s := parse_segment_name(n, INDEX_SUFFIX)) is not None}
@@ -92,24 +115,101 @@ def recover(io: FileIO, directory: Path, verify_checksums: bool) -> tuple[list[S
         io.unlink(directory / index_name(orphan))
         report.problems.append(f"{index_name(orphan)}: no .log beside it, removed")
 
-    found = [
-        _recover_segment(io, directory, s, s in index_starts, verify_checksums, report) for s in log_starts
-    ]
-    chain = _chain(io, directory, found, report)
-    if chain:
-        segments = [Segment(io, directory, f.start, f.log, f.index, f.ends, f.timestamps) for f in chain]
-    else:
-        segments = [Segment.create(io, directory, 0)]
-    for seg in segments[:-1]:
-        seg.seal()
+    chain = _Chain(io, directory, cache, report)
+    split_off: set[int] = set()
+    for s in log_starts:
+        if s in split_off:
+            continue  # written just now by a split of an earlier segment, already chained
+        pieces = _recover_segment(io, directory, s, s in index_starts, verify_checksums, report)
+        split_off.update(p.start for p in pieces[1:])
+        for piece in pieces:
+            chain.add(piece)
+    segments = chain.finish()
     report.segments = len(segments)
     report.messages = sum(seg.messages_count for seg in segments)
     return segments, report
 
 
+# ---- one segment -----------------------------------------------------------------------------
+
+
+class _Checks:
+    """Which index entries may be taken without reading the log (see the module docstring)."""
+
+    def __init__(self, log: File, start: int, ends: np.ndarray, timestamps: np.ndarray, verify: bool) -> None:
+        self.log, self.start, self.ends, self.timestamps, self.verify = log, start, ends, timestamps, verify
+        self.problems: list[str] = []
+        self._failing: list[int] = []
+        k = len(ends)
+        if verify or not k:
+            return
+        down = np.flatnonzero(timestamps[1:] < timestamps[:-1]).tolist()  # one of each pair is wrong
+        failing = {*down, *(i + 1 for i in down)}
+        if down:
+            self.problems.append(f"index timestamps go down at entry {down[0] + 1}")
+        for i in sorted({0, k - 1, *np.linspace(0, k - 1, SAMPLED_ENTRIES).astype(int).tolist()}):
+            if not self._entry_agrees(i):
+                # Entry i - 1's end (where message i starts) is as suspect as entry i.
+                failing.update({max(i - 1, 0), i})
+                self.problems.append(f"index entry {i} disagrees with the log")
+        self._failing = sorted(failing)
+
+    def _entry_agrees(self, i: int) -> bool:
+        position = int(self.ends[i - 1]) if i else 0
+        end = int(self.ends[i])
+        fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, position))
+        if fields != (self.start + i, int(self.timestamps[i]), end - position):
+            return False
+        # The last one is the most likely to be torn: checksum it as well.
+        return i != len(self.ends) - 1 or message_ok(self.log, self.start + i, position, end)
+
+    def trusted_run(self, i: int) -> int:
+        """The end j of the entries [i, j) to take as they are (message i starts at the
+        position the index gives for it)."""
+        k = len(self.ends)
+        if not self.verify:
+            at = bisect.bisect_left(self._failing, i)
+            return self._failing[at] if at < len(self._failing) else k
+        ends, timestamps = self.ends, self.timestamps
+        while i < k:
+            base = int(ends[i - 1]) if i else 0
+            j = i + max(int(np.searchsorted(ends[i:], base + SCAN_WINDOW_BYTES, side="right")), 1)
+            data = self.log.pread(int(ends[j - 1]) - base, base)
+            bad = verify_stored(data, ends[i:j] - base, self.start + i, timestamps[i:j])
+            if bad >= 0:
+                self.problems.append(f"message {self.start + i + bad} fails its checksum or header check")
+                return i + bad
+            i = j
+        return k
+
+
+@dataclass
+class _Piece:
+    """Messages of one segment file that follow one another; a split starts a new piece."""
+
+    start: int
+    base: int  # byte position in the original .log where its first message starts
+    ends: list[np.ndarray] = field(default_factory=list)  # absolute positions
+    timestamps: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+    trusted_from: int = 0
+
+    def add(self, ends: np.ndarray, timestamps: np.ndarray, proven: bool) -> None:
+        self.ends.append(ends)
+        self.timestamps.append(timestamps)
+        self.count += len(ends)
+        if not proven:
+            self.trusted_from = self.count
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.ends:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64)
+        return np.concatenate(self.ends) - self.base, np.concatenate(self.timestamps).astype(np.uint64)
+
+
 def _recover_segment(
     io: FileIO, directory: Path, start: int, has_index: bool, verify_checksums: bool, report: RecoveryReport
-) -> _Found:
+) -> list[_Found]:
     name = log_name(start)
     log = io.open(directory / name)
     index = io.open(directory / index_name(start))
@@ -124,39 +224,110 @@ def _recover_segment(
         report.problems.append(f"{name}: index missing, rebuilding from the log")
     elif k < n_raw or len(raw) % INDEX_ENTRY_SIZE:
         report.problems.append(f"{name}: index sane for {k} of {n_raw} entries")
+    vouched_bytes = int(ends[-1]) if k else 0
 
-    if k and not _message_ok(log, start + k - 1, int(ends[k - 2]) if k > 1 else 0, int(ends[k - 1])):
-        report.problems.append(f"{name}: last indexed message does not match the log, rebuilding index")
-        k = 0
-    if k and verify_checksums:
-        scanned, _ = scan_messages(log.pread(int(ends[k - 1]), 0), True, start)
-        agree = _common_prefix(scanned, ends[:k])
-        if agree < k:
-            report.problems.append(f"{name}: message {start + agree} fails its checksum or header check")
-            k = agree
-    ends, timestamps = ends[:k], timestamps[:k]
+    checks = _Checks(log, start, ends, timestamps, verify_checksums)
+    pieces = [_Piece(start, 0)]
+    i, position = 0, 0  # next message (relative to start) and where it begins
+    while True:
+        if i < k and position == (int(ends[i - 1]) if i else 0):
+            j = checks.trusted_run(i)
+            if j > i:
+                pieces[-1].add(ends[i:j], timestamps[i:j], verify_checksums)
+                i, position = j, int(ends[j - 1])
+        scanned, scanned_ts = scan_window(log, position, physical_bytes, start + i)
+        if len(scanned):
+            pieces[-1].add(scanned, scanned_ts, True)
+            i, position = i + len(scanned), int(scanned[-1])
+            continue
+        if position + MESSAGE_HEADER_SIZE > physical_bytes or position >= vouched_bytes:
+            break  # the end, or a torn tail after what the index vouches for
+        resume = _resume(log, start, ends, i, position, physical_bytes)
+        if resume is None:
+            break
+        j, resume_at = resume
+        path = quarantine_copy(io, directory, name, log, position, resume_at, "corrupt")
+        report.quarantined.append(path)
+        report.truncated_bytes += resume_at - position
+        report.problems.append(
+            f"{name}: cut {resume_at - position} bytes at {position} (corrupt: offsets "
+            f"{start + i}..{start + j - 1}); the messages after them move to {log_name(start + j)}"
+        )
+        pieces.append(_Piece(start + j, resume_at))
+        i, position = j, resume_at
+    report.problems.extend(f"{name}: {p}" for p in checks.problems)
 
-    tail_ends, tail_timestamps = _scan_tail(log, int(ends[-1]) if k else 0, physical_bytes, start + k)
-    if len(tail_ends):
-        ends = np.concatenate([ends, tail_ends])
-        timestamps = np.concatenate([timestamps, tail_timestamps])
-
-    logical_bytes = int(ends[-1]) if len(ends) else 0
+    first = pieces[0]
+    first_end = int(first.ends[-1][-1]) if first.count else 0
+    if position < physical_bytes:
+        path = quarantine_copy(io, directory, name, log, position, physical_bytes, "torn")
+        report.quarantined.append(path)
+        report.truncated_bytes += physical_bytes - position
+        report.problems.append(f"{name}: cut {physical_bytes - position} bytes at {position} (torn)")
+    found: list[_Found] = []
+    for piece in pieces[1:]:
+        found.append(_write_piece(io, directory, log, piece))
+    if len(pieces) > 1:
+        io.fsync_dir(directory)
+    # Only now, with the later pieces durable elsewhere, may the original file shrink: a
+    # crash before this line finds everything again and splits it the same way.
     changed = False
-    if logical_bytes < physical_bytes:
-        _cut_log(io, directory, start, log, logical_bytes, physical_bytes, "torn", report)
+    if first_end < physical_bytes:
+        log.truncate(first_end)
         changed = True
-    if not has_index or len(raw) != len(ends) * INDEX_ENTRY_SIZE or k < n_raw:
-        rows = _index_rows(ends[k:], timestamps[k:], k)
+    first_ends, first_ts = first.columns()
+    same = _common_prefix(entries, first_ends, first_ts)
+    if not has_index or same < len(first_ends) or len(raw) != len(first_ends) * INDEX_ENTRY_SIZE:
+        rows = index_rows(first_ends[same:], first_ts[same:], same)
         if len(rows):
-            index.pwrite(rows.data, k * INDEX_ENTRY_SIZE)
-        index.truncate(len(ends) * INDEX_ENTRY_SIZE)
+            index.pwrite(rows.data, same * INDEX_ENTRY_SIZE)
+        index.truncate(len(first_ends) * INDEX_ENTRY_SIZE)
         report.rebuilt_indexes += 1
         changed = True
     if changed:
         log.fdatasync()
         index.fdatasync()
-    return _Found(start, log, index, ends, timestamps)
+    trusted = 0 if verify_checksums else first.trusted_from
+    return [_Found(start, log, index, first_ends, first_ts, trusted), *found]
+
+
+def _write_piece(io: FileIO, directory: Path, source: File, piece: _Piece) -> _Found:
+    """A new segment file holding `piece`'s bytes (copied from `source`) and its index."""
+    ends, timestamps = piece.columns()
+    log = io.open(directory / log_name(piece.start))
+    index = io.open(directory / index_name(piece.start))
+    log.truncate(0)
+    index.truncate(0)
+    total = int(ends[-1])
+    done = 0
+    while done < total:
+        chunk = source.pread(min(SCAN_WINDOW_BYTES, total - done), piece.base + done)
+        assert chunk, "the source shrank while being copied"
+        log.pwrite(chunk, done)
+        done += len(chunk)
+    log.truncate(total)  # drops the page padding an O_DIRECT handle may have left
+    index.pwrite(index_rows(ends, timestamps, 0).data, 0)
+    log.fdatasync()
+    index.fdatasync()
+    # The bytes were proven by the scan that found them, or by the index checks.
+    return _Found(piece.start, log, index, ends, timestamps, piece.trusted_from)
+
+
+def _resume(
+    log: File, start: int, ends: np.ndarray, i: int, position: int, physical_bytes: int
+) -> tuple[int, int] | None:
+    """Where good data starts again after the damaged message i at `position`, as
+    (relative offset, byte position): the next index entry whose message verifies, else the
+    next valid header with a later offset."""
+    for j in range(i + 1, len(ends)):
+        at = int(ends[j - 1])
+        if at > position and message_ok(log, start + j, at, int(ends[j])):
+            return j, at
+    low = start + i + 1
+    found = find_resumption(log, position, physical_bytes, low, low + (physical_bytes - position) // 64)
+    if found is None:
+        return None
+    return found[0] - start, found[1]
 
 
 def _sane_prefix(entries: np.ndarray, physical_bytes: int) -> int:
@@ -175,67 +346,16 @@ def _sane_prefix(entries: np.ndarray, physical_bytes: int) -> int:
     return n if bool(ok.all()) else int(np.argmin(ok))
 
 
-def _message_ok(log: File, offset: int, position: int, end: int) -> bool:
-    data = log.pread(end - position, position)
-    scanned, valid = scan_messages(data, True, offset)
-    return len(scanned) == 1 and valid == len(data) == end - position
-
-
-def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
-    m = min(len(a), len(b))
-    differ = np.flatnonzero(a[:m] != b[:m])
-    return int(differ[0]) if differ.size else m
-
-
-def _declared_size(data: bytes) -> int | None:
-    """Size a message header at the start of `data` claims, if its fields are in range."""
-    if len(data) < MESSAGE_HEADER_SIZE:
-        return None
-    user_headers, payload, reserved = _LENGTHS.unpack_from(data, 48)
-    if reserved or payload > MAX_PAYLOAD_BYTES or user_headers > MAX_USER_HEADERS_BYTES:
-        return None
-    return MESSAGE_HEADER_SIZE + payload + user_headers
-
-
-def _scan_tail(log: File, position: int, physical_bytes: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Messages after `position` that pass every check, as (absolute ends, timestamps)."""
-    ends_parts: list[np.ndarray] = []
-    timestamp_parts: list[np.ndarray] = []
-    window = SCAN_WINDOW_BYTES
-    while position + MESSAGE_HEADER_SIZE <= physical_bytes:
-        data = log.pread(min(window, physical_bytes - position), position)
-        ends, valid = scan_messages(data, True, offset)
-        if not valid:
-            need = _declared_size(data)
-            if need is None or need <= len(data) or position + need > physical_bytes:
-                break
-            window = need  # one message larger than the window
-            continue
-        ends_parts.append(ends + position)
-        timestamp_parts.append(header_u64(data, ends, TIMESTAMP_AT))
-        position += valid
-        offset += len(ends)
-        window = SCAN_WINDOW_BYTES
-    if not ends_parts:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.uint64)
-    return np.concatenate(ends_parts), np.concatenate(timestamp_parts)
-
-
-def _index_rows(ends: np.ndarray, timestamps: np.ndarray, first_relative: int) -> np.ndarray:
-    rows = np.empty(len(ends), dtype=INDEX_DTYPE)
-    rows["offset"] = np.arange(first_relative, first_relative + len(ends), dtype=np.uint32)
-    rows["position"] = ends
-    rows["timestamp"] = timestamps
-    return rows
-
-
-def _quarantine_path(io: FileIO, directory: Path, start: int, reason: str) -> Path:
-    folder = directory / QUARANTINE_DIR
-    io.makedirs(folder)
-    n = 0
-    while io.exists(folder / f"{log_name(start)}.{reason}-{n}"):
-        n += 1
-    return folder / f"{log_name(start)}.{reason}-{n}"
+def _common_prefix(entries: np.ndarray, ends: np.ndarray, timestamps: np.ndarray) -> int:
+    """How many leading stored entries already say what (ends, timestamps) say."""
+    m = min(len(entries), len(ends))
+    differ = (
+        (entries["offset"][:m] != np.arange(m, dtype=np.uint32))
+        | (entries["position"][:m] != ends[:m])
+        | (entries["timestamp"][:m] != timestamps[:m])
+    )
+    where = np.flatnonzero(differ)
+    return int(where[0]) if where.size else m
 
 
 def _cut_log(
@@ -249,21 +369,7 @@ def _cut_log(
     report: RecoveryReport,
 ) -> None:
     """Copy log bytes [keep_bytes, end_bytes) aside, durably, then truncate the log."""
-    assert 0 <= keep_bytes < end_bytes
-    path = _quarantine_path(io, directory, start, reason)
-    out = io.open(path)
-    try:
-        done = 0
-        while keep_bytes + done < end_bytes:
-            chunk = log.pread(min(SCAN_WINDOW_BYTES, end_bytes - keep_bytes - done), keep_bytes + done)
-            if not chunk:
-                break
-            out.pwrite(chunk, done)
-            done += len(chunk)
-        out.fdatasync()
-    finally:
-        out.close()
-    io.fsync_dir(path.parent)
+    path = quarantine_copy(io, directory, log_name(start), log, keep_bytes, end_bytes, reason)
     # Only now may the bytes leave the log: a crash before this line cuts them again later.
     log.truncate(keep_bytes)
     report.truncated_bytes += end_bytes - keep_bytes
@@ -273,41 +379,105 @@ def _cut_log(
     )
 
 
-def _chain(io: FileIO, directory: Path, found: list[_Found], report: RecoveryReport) -> list[_Found]:
-    kept: list[_Found] = []
-    for i, seg in enumerate(found):
+# ---- the chain -------------------------------------------------------------------------------
+
+
+class _Chain:
+    """Links checked segments in offset order, one at a time: only the newest keeps its
+    index columns in memory; earlier ones become sealed segments with O(1) state."""
+
+    def __init__(self, io: FileIO, directory: Path, cache: IndexCache, report: RecoveryReport) -> None:
+        self.io, self.directory, self.cache, self.report = io, directory, cache, report
+        self.sealed: list[Segment] = []
+        self.last: _Found | None = None
+        self.empty: _Found | None = None  # an empty segment, kept only if nothing follows
+
+    def add(self, seg: _Found) -> None:
         if not len(seg.ends):
-            expected = kept[-1].next_offset if kept else seg.start
-            if i == len(found) - 1 and seg.start == expected:
-                kept.append(seg)
-                continue
-            # Any bytes it had were quarantined above; the empty files say nothing.
-            seg.log.close()
-            seg.index.close()
-            io.unlink(directory / log_name(seg.start))
-            io.unlink(directory / index_name(seg.start))
-            report.problems.append(f"{log_name(seg.start)}: stray empty segment, removed")
-            continue
-        if kept:
-            prev = kept[-1]
+            if self.empty is not None:
+                self._remove_stray(self.empty)
+            self.empty = seg
+            return
+        if self.empty is not None:
+            self._remove_stray(self.empty)
+            self.empty = None
+        prev = self.last
+        if prev is not None:
             if seg.start < prev.next_offset:
-                keep = seg.start - prev.start
-                assert keep >= 1
-                _cut_log(
-                    io,
-                    directory,
-                    prev.start,
-                    prev.log,
-                    int(prev.ends[keep - 1]),
-                    int(prev.ends[-1]),
-                    "overlap",
-                    report,
-                )
-                prev.ends, prev.timestamps = prev.ends[:keep], prev.timestamps[:keep]
-                prev.index.truncate(keep * INDEX_ENTRY_SIZE)
-                prev.log.fdatasync()
-                prev.index.fdatasync()
+                self._cut_overlap(prev, seg.start)
             elif seg.start > prev.next_offset:
-                report.problems.append(f"offsets {prev.next_offset}..{seg.start - 1} are missing (gap)")
-        kept.append(seg)
-    return kept
+                self.report.problems.append(f"offsets {prev.next_offset}..{seg.start - 1} are missing (gap)")
+            if len(prev.ends):
+                self.sealed.append(self._seal(prev))
+            else:
+                self._remove_stray(prev)
+        self.last = seg
+
+    def finish(self) -> list[Segment]:
+        if self.empty is not None:
+            expected = self.last.next_offset if self.last is not None else self.empty.start
+            if self.empty.start == expected:
+                if self.last is not None:
+                    self.sealed.append(self._seal(self.last))
+                self.last = self.empty
+            else:
+                self._remove_stray(self.empty)
+        last = self.last
+        if last is None:
+            return [Segment.create(self.io, self.directory, 0, self.cache)]
+        active = Segment(
+            self.io,
+            self.directory,
+            last.start,
+            last.log,
+            last.index,
+            last.ends,
+            last.timestamps,
+            self.cache,
+            last.trusted_from,
+        )
+        return [*self.sealed, active]
+
+    def _seal(self, f: _Found) -> Segment:
+        seg = Segment.on_disk(
+            self.io,
+            self.directory,
+            f.start,
+            f.log,
+            f.index,
+            len(f.ends),
+            int(f.ends[-1]),
+            (int(f.timestamps[0]), int(f.timestamps[-1])),
+            self.cache,
+            min(f.trusted_from, len(f.ends)),
+        )
+        self.cache.put(seg, f.ends, f.timestamps)
+        return seg
+
+    def _cut_overlap(self, prev: _Found, next_start: int) -> None:
+        # The later name claims the offsets from next_start on.
+        keep = max(next_start - prev.start, 0)
+        keep_bytes = int(prev.ends[keep - 1]) if keep else 0
+        _cut_log(
+            self.io,
+            self.directory,
+            prev.start,
+            prev.log,
+            keep_bytes,
+            int(prev.ends[-1]),
+            "overlap",
+            self.report,
+        )
+        prev.ends, prev.timestamps = prev.ends[:keep], prev.timestamps[:keep]
+        prev.trusted_from = min(prev.trusted_from, keep)
+        prev.index.truncate(keep * INDEX_ENTRY_SIZE)
+        prev.log.fdatasync()
+        prev.index.fdatasync()
+
+    def _remove_stray(self, seg: _Found) -> None:
+        # Any bytes it had were quarantined; the empty files say nothing.
+        seg.log.close()
+        seg.index.close()
+        self.io.unlink(self.directory / log_name(seg.start))
+        self.io.unlink(self.directory / index_name(seg.start))
+        self.report.problems.append(f"{log_name(seg.start)}: stray empty segment, removed")

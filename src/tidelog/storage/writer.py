@@ -16,7 +16,8 @@ so a disk slower than the producers slows the producers instead of filling memor
 Failures: a job stops at its first failing op and its future carries the exception. Jobs
 submitted with the same `Lane` (one per partition) after a failure are not run at all and
 fail too: running them would leave a hole in the file with later data after it. Other
-lanes go on.
+lanes go on. A lane stays failed: a submitter that recovers (`Partition.retry_failed`, once
+none of its jobs is queued) rewrites what may be missing and continues on a new lane.
 
 Futures handed out are already in the running state, so they cannot be cancelled: a client
 that gives up waiting (a cancelled `asyncio.wrap_future`) must not stop the write.

@@ -94,6 +94,7 @@ class Status(IntEnum):
     INVALID_PERSONAL_ACCESS_TOKEN = 53
     PERSONAL_ACCESS_TOKEN_EXPIRED = 54
     USERS_LIMIT_REACHED = 55
+    INVALID_PERSONAL_ACCESS_TOKEN_EXPIRY = 56  # the 0.9 reference's code; 0.8 has none
     INVALID_SIZE_BYTES = 80
     INVALID_UTF8 = 81
     INVALID_NUMBER_ENCODING = 82
@@ -118,6 +119,7 @@ class Status(IntEnum):
     CONSUMER_OFFSET_NOT_FOUND = 3021
     NOT_RESOLVED_CONSUMER = 3022
     SEGMENT_NOT_FOUND = 4000
+    CANNOT_SAVE_MESSAGES = 4006  # a write or sync failed; also while the partition recovers
     INVALID_MESSAGES_COUNT = 4009
     TOO_BIG_USER_HEADERS = 4017
     TOO_BIG_MESSAGE_PAYLOAD = 4022
@@ -138,6 +140,8 @@ class Status(IntEnum):
     CONSUMER_GROUP_NAME_ALREADY_EXISTS = 5004
     INVALID_CONSUMER_GROUP_NAME = 5005
     CONSUMER_GROUP_MEMBER_NOT_FOUND = 5006
+    METADATA_READ_ONLY = 9101  # tidelog's own: metadata changes refused after a metadata-log write failure
+    CANNOT_SAVE_CONSUMER_OFFSET = 9102  # tidelog's own: a consumer-offset write or sync failed
     CANNOT_READ_INDEX_POSITION = 10011
 
 

@@ -29,6 +29,7 @@ from tidelog.wire.codes import (
     MESSAGE_HEADER_SIZE,
     POLL_REPLY_HEADER_SIZE,
     U32_MAX,
+    U64_MAX,
     Command,
     CompressionAlgorithm,
     IggyError,
@@ -1827,7 +1828,15 @@ class PersonalAccessTokenInfo:
     """Absolute expiry time in microseconds since the epoch; 0 = never."""
 
     def encode(self) -> bytes:
-        return _encode_name(self.name) + _U64.pack(self.expiry_at_us)
+        # Total over whatever is stored: an older server kept now + expiry unchecked, so a token
+        # may hold an instant past u64. Such a token never expires (no clock reaches it), and it
+        # is listed as what it is: 0, never. A negative one (only a damaged state) is long past.
+        expiry_at = self.expiry_at_us
+        if expiry_at > U64_MAX:
+            expiry_at = 0
+        elif expiry_at < 0:
+            expiry_at = 1
+        return _encode_name(self.name) + _U64.pack(expiry_at)
 
     @classmethod
     def decode(cls, reader: Reader) -> Self:
