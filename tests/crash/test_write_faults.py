@@ -20,6 +20,13 @@ from tests.wireclient import ServerClosed, StoredMessage, WireClient, verify_sto
 from tidelog.wire.codes import Status
 
 SEGMENT_LOGS = "*/partitions/*/*.log"  # not metadata/metadata.log
+SEGMENT_INDEXES = "*/partitions/*/*.index"
+# (op, path, errno): a full disk on the log, an I/O error on the index, a failing log sync.
+FAILURES = {
+    "log-enospc": ("write", SEGMENT_LOGS, "ENOSPC"),
+    "index-eio": ("write", SEGMENT_INDEXES, "EIO"),
+    "log-fsync-eio": ("fsync", SEGMENT_LOGS, "EIO"),
+}
 UNPERSISTED_RE = re.compile(
     r"^tidelog: stream (\d+) topic (\d+) partition (\d+): offsets (\d+)\.\.(\d+) .*NOT persisted"
 )
@@ -78,9 +85,10 @@ def test_server_given_always_and_slow_fdatasync_when_polled_then_killed_should_n
     assert again.stop() == 0
 
 
+@pytest.mark.parametrize("failure", sorted(FAILURES))
 @pytest.mark.parametrize("fsync", ["always", "interval"])
-def test_server_given_enospc_on_logs_when_space_returns_should_answer_4006_then_recover_without_restart(
-    tmp_path: Path, server_factory: type[ServerProcess], faults: FaultPlan, fsync: str
+def test_server_given_write_or_sync_failure_when_cause_clears_should_answer_4006_then_recover_without_restart(
+    tmp_path: Path, server_factory: type[ServerProcess], faults: FaultPlan, fsync: str, failure: str
 ) -> None:
     env = {
         **faults.env(),
@@ -91,7 +99,8 @@ def test_server_given_enospc_on_logs_when_space_returns_should_answer_4006_then_
     client, stream_id, topic_id = _topic(srv)
     acked = [b"before.0"]
     client.send(stream_id, topic_id, 0, acked)
-    faults.fail("write", SEGMENT_LOGS, "ENOSPC")
+    op, path, errno_name = FAILURES[failure]
+    faults.fail(op, path, errno_name)
     statuses: list[int] = []
     deadline = time.monotonic() + 20
     n = 0

@@ -334,8 +334,8 @@ class Shard:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, dest)
         try:
-            _fsync_dir(path.parent)
-            _fsync_dir(dest.parent)
+            self.io.fsync_dir(path.parent)
+            self.io.fsync_dir(dest.parent)
         except OSError:
             # Undone by a power cut, the move leaves the folder where it was: found again next start.
             log.exception("syncing the folders around %s failed", dest)
@@ -556,7 +556,7 @@ class Shard:
             log.exception("moving %s to %s failed; removing it in place", path, dest)
             return None
         try:
-            _fsync_dir(path.parent)
+            self.io.fsync_dir(path.parent)
         except OSError:
             # Lost in a power cut, the move leaves the folder in place: quarantined, not lost.
             log.exception("syncing %s after moving %s out failed", path.parent, path.name)
@@ -769,14 +769,6 @@ def _entity_dirs(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return []
     return sorted((p for p in parent.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

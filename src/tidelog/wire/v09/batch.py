@@ -1,0 +1,841 @@
+"""Whole-batch work on Iggy 0.9 message batches, with numpy (protocol reference
+``shared/protocol/iggy-0.9-vsr.md`` sections 4.1-4.7).
+
+A 0.9 batch is one 256-byte batch header (4.1) followed by message frames, each a 48-byte
+frame header, the payload, then the user headers (4.2). SendMessages carries exactly one
+batch (4.3); a poll reply carries batch records as stored, possibly sliced (4.5).
+
+Like `tidelog.wire.batch` (the 0.8 code) everything here works on whole batches: header
+fields of every frame are reached through one strided view (all frames one size, the usual
+producer case: no copy) or one fancy-index gather, and checks are array comparisons. What is
+still done per message, and why:
+
+* Finding the frames. 0.9 has no index table: frame i+1 starts where frame i's lengths say,
+  so the walk is sequential by nature. When every frame has the size of the first one the
+  strided view proves the tiling in one comparison; only batches of mixed sizes take the
+  `struct` walk in `_walk_frames` (measured in tests/unit/test_v09_batch.py).
+* Frame checksums (XXH3-64 has no vectorized numpy form). The C kernel `tidelog._stamp`
+  hashes bytes 8..end of each message and compares with bytes 0..8, which is exactly the 0.9
+  frame rule (the payload and headers directly follow the 48-byte header), but it insists on
+  spans of at least 64 bytes (the 0.8 header). So batches whose frames all carry 16 bytes or
+  more of payload and headers are checked in C; others take `_frame_digests`, a REFERENCE
+  PATH of one `xxhash` call per frame. Conversion to 0.9 always takes it, since it must
+  compute new frame checksums and the kernel only verifies them; conversion to 0.8 computes
+  the 0.8 checksums with the kernel's 0.8 `stamp` (reference path without it).
+* Moving payloads between formats: one 2-D strided copy when the messages are of one size,
+  else two boolean byte masks (a few ns per byte, no message loop).
+
+The batch checksum is one streaming XXH3 over the header fields and the gathered frame
+checksums (4.2), so it costs one hash call per batch whatever the count.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import xxhash
+
+from tidelog.wire.batch import MESSAGE_HEADER_DTYPE
+from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, MESSAGE_HEADER_SIZE, U32_MAX, Status
+from tidelog.wire.v09.codes import Status09
+
+BATCH_HEADER_SIZE = 256
+FRAME_HEADER_SIZE = 48
+U64_MAX = (1 << 64) - 1
+
+# Section 4.1. The reserved tail is a void field so the dtype covers the whole header.
+BATCH_HEADER_DTYPE = np.dtype(
+    [
+        ("partition_id", "<u8"),
+        ("base_offset", "<u8"),
+        ("base_timestamp", "<u8"),
+        ("origin_timestamp", "<u8"),
+        ("batch_length", "<u8"),
+        ("batch_checksum", "<u8"),
+        ("message_count", "<u4"),
+        ("reserved", "V204"),
+    ]
+)
+# Section 4.2.
+FRAME_HEADER_DTYPE = np.dtype(
+    [
+        ("checksum", "<u8"),
+        ("id_lo", "<u8"),
+        ("id_hi", "<u8"),
+        ("offset_delta", "<u4"),
+        ("timestamp_delta", "<u4"),
+        ("user_headers_length", "<u4"),
+        ("payload_length", "<u4"),
+        ("reserved", "<u8"),
+    ]
+)
+assert BATCH_HEADER_DTYPE.itemsize == BATCH_HEADER_SIZE
+assert FRAME_HEADER_DTYPE.itemsize == FRAME_HEADER_SIZE
+
+_BH = {name: int(spec[1]) for name, spec in (BATCH_HEADER_DTYPE.fields or {}).items()}
+_FH = {name: int(spec[1]) for name, spec in (FRAME_HEADER_DTYPE.fields or {}).items()}
+BATCH_CHECKSUM_AT, MESSAGE_COUNT_AT, HEADER_RESERVED_AT = (
+    _BH["batch_checksum"],
+    _BH["message_count"],
+    _BH["reserved"],
+)
+FRAME_LENGTHS_AT = _FH["user_headers_length"]
+assert (BATCH_CHECKSUM_AT, MESSAGE_COUNT_AT, HEADER_RESERVED_AT) == (40, 48, 52)
+assert FRAME_LENGTHS_AT == 32 and _FH["reserved"] == 40
+# The frame checksum covers bytes 8..end of the frame: header tail, payload, user headers.
+FRAME_CHECKSUMMED_FROM = 8
+
+_FRAME_LENGTHS = struct.Struct("<II")  # user_headers_length, payload_length (4.2)
+_COLS = np.arange(max(BATCH_HEADER_SIZE, MESSAGE_HEADER_SIZE), dtype=np.int64)
+
+Code = Status | Status09
+
+
+class BatchError(Exception):
+    """A batch refused with the error code of section 6 that travels back to the client.
+
+    Not a `tidelog.wire.codes.IggyError`, whose status is typed as the 0.8 enum; the 0.9
+    shell maps `code` onto its error reply.
+    """
+
+    def __init__(self, status: Code, detail: str = "") -> None:
+        super().__init__(f"{status.name} ({int(status)}){': ' + detail if detail else ''}")
+        self.status = status
+        self.detail = detail
+
+    @property
+    def code(self) -> int:
+        return int(self.status)
+
+
+def _load_native() -> ModuleType | None:
+    # Same switch as tidelog.wire.batch, so one environment variable picks the path for both.
+    if os.environ.get("TIDELOG_NO_NATIVE", "") not in ("", "0"):
+        return None
+    try:
+        from tidelog import _stamp
+    except ImportError:
+        return None
+    return _stamp
+
+
+# Looked up at each call rather than bound once, so tests can switch paths in one process.
+_native = _load_native()
+
+
+@dataclass(slots=True)
+class Batch09:
+    """A validated batch: `buf` is exactly `batch_length` bytes, writable; frame i is
+    `buf[starts[i]:ends[i]]` (absolute positions, the first one 256)."""
+
+    buf: memoryview
+    count: int
+    starts: np.ndarray
+    ends: np.ndarray
+    uniform_size: int  # the size of every frame when they are all one size, else 0
+
+    def header(self) -> np.ndarray:
+        """The batch header as a writable 1-element structured view (no copy)."""
+        return np.frombuffer(self.buf, dtype=BATCH_HEADER_DTYPE, count=1)
+
+    def frames(self) -> np.ndarray:
+        """Every frame header as a structured array: a view when uniform, else a copy."""
+        return _frame_headers(np.frombuffer(self.buf, dtype=np.uint8), self.starts, self.uniform_size)
+
+    def _field(self, name: str) -> int:
+        return int(self.header()[name][0])
+
+    @property
+    def partition_id(self) -> int:
+        return self._field("partition_id")
+
+    @property
+    def base_offset(self) -> int:
+        return self._field("base_offset")
+
+    @property
+    def base_timestamp(self) -> int:
+        return self._field("base_timestamp")
+
+    @property
+    def origin_timestamp(self) -> int:
+        return self._field("origin_timestamp")
+
+    @property
+    def batch_checksum(self) -> int:
+        return self._field("batch_checksum")
+
+    def offsets(self) -> np.ndarray:
+        """Per-message offsets as the SDK derives them: base_offset + offset_delta (4.5)."""
+        return np.uint64(self.base_offset) + self.frames()["offset_delta"].astype(np.uint64)
+
+    def origin_timestamps(self) -> np.ndarray:
+        """origin_timestamp + timestamp_delta (4.5); parse_batch proved it fits in u64."""
+        return np.uint64(self.origin_timestamp) + self.frames()["timestamp_delta"].astype(np.uint64)
+
+    def _payload_length(self, i: int) -> int:
+        return int(_FRAME_LENGTHS.unpack_from(self.buf, int(self.starts[i]) + FRAME_LENGTHS_AT)[1])
+
+    def payload(self, i: int) -> bytes:
+        start = int(self.starts[i]) + FRAME_HEADER_SIZE
+        return bytes(self.buf[start : start + self._payload_length(i)])
+
+    def user_headers(self, i: int) -> bytes:
+        """The raw user headers block of message i (4.4; payload comes first, 4.2)."""
+        return bytes(
+            self.buf[int(self.starts[i]) + FRAME_HEADER_SIZE + self._payload_length(i) : int(self.ends[i])]
+        )
+
+
+def _as_bytes_view(data: memoryview | bytes | bytearray) -> memoryview:
+    mv = memoryview(data)
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def _frame_headers(a: np.ndarray, starts: np.ndarray, uniform_size: int) -> np.ndarray:
+    if uniform_size and len(starts):
+        # A structured view whose stride is the frame size: unaligned fields are fine in numpy.
+        return np.ndarray(
+            shape=(len(starts),),
+            dtype=FRAME_HEADER_DTYPE,
+            buffer=a,
+            offset=int(starts[0]),
+            strides=(uniform_size,),
+        )
+    rows = a[starts[:, None] + _COLS[:FRAME_HEADER_SIZE]]
+    return rows.view(FRAME_HEADER_DTYPE)[:, 0]
+
+
+def _gather_u64(a: np.ndarray, starts: np.ndarray, at: int, uniform_size: int) -> np.ndarray:
+    """(n, 8) uint8 rows of one u64 field of every frame, contiguous (ready to hash)."""
+    if uniform_size and len(starts):
+        view = np.ndarray(
+            shape=(len(starts), 8),
+            dtype=np.uint8,
+            buffer=a,
+            offset=int(starts[0]) + at,
+            strides=(uniform_size, 1),
+        )
+        return np.ascontiguousarray(view)
+    return a[starts[:, None] + _COLS[at : at + 8]]
+
+
+def _step(starts: np.ndarray) -> int:
+    """The common distance of `starts` when they are evenly spaced (messages of one size
+    back to back), else 0: then rows at them are one strided view, no gather."""
+    if len(starts) < 2:
+        return 1
+    step = int(starts[1] - starts[0])
+    return step if step > 0 and bool((np.diff(starts) == step).all()) else 0
+
+
+def _rows(a: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(n, width) bytes at each start: a strided view when evenly spaced, else a gather."""
+    step = _step(starts)
+    if step and len(starts):
+        return np.ndarray(
+            shape=(len(starts), width), dtype=np.uint8, buffer=a, offset=int(starts[0]), strides=(step, 1)
+        )
+    return a[starts[:, None] + _COLS[:width]]
+
+
+def _put_rows(a: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
+    """Write (n, width) bytes at each start of the writable `a`."""
+    width = rows.shape[1]
+    if _step(starts) and len(starts):
+        _rows(a, starts, width)[...] = rows
+    else:
+        a[starts[:, None] + _COLS[:width]] = rows
+
+
+def _walk_frames(mv: memoryview, start: int, end: int) -> tuple[list[int], int]:
+    """Frame starts from `start` by their length fields, and where the walk stopped.
+
+    Sequential by nature (each start depends on the lengths of the frame before) and only
+    taken for batches of mixed frame sizes. Bounded: every step advances at least 48 bytes.
+    """
+    unpack = _FRAME_LENGTHS.unpack_from
+    starts: list[int] = []
+    pos = start
+    while pos + FRAME_HEADER_SIZE <= end:
+        user_headers, payload = unpack(mv, pos + FRAME_LENGTHS_AT)
+        starts.append(pos)
+        pos += FRAME_HEADER_SIZE + user_headers + payload
+    return starts, pos
+
+
+def _tile(mv: memoryview, a: np.ndarray, end: int) -> tuple[np.ndarray, int] | None:
+    """Frame starts and the uniform size (or 0) when the frames tile [256, end), else None."""
+    area = end - BATCH_HEADER_SIZE
+    if area < FRAME_HEADER_SIZE:
+        return None
+    first_lengths = _FRAME_LENGTHS.unpack_from(mv, BATCH_HEADER_SIZE + FRAME_LENGTHS_AT)
+    size = FRAME_HEADER_SIZE + first_lengths[0] + first_lengths[1]
+    if area % size == 0:
+        # Guess that every frame is as big as the first; one strided comparison proves it, and
+        # a walk from 256 would then visit exactly these starts (the tiling is unique).
+        n = area // size
+        lengths = np.ndarray(
+            shape=(n, 2),
+            dtype="<u4",
+            buffer=a,
+            offset=BATCH_HEADER_SIZE + FRAME_LENGTHS_AT,
+            strides=(size, 4),
+        )
+        if bool((lengths.astype(np.int64).sum(axis=1) == size - FRAME_HEADER_SIZE).all()):
+            return BATCH_HEADER_SIZE + np.arange(n, dtype=np.int64) * size, size
+    starts, stopped = _walk_frames(mv, BATCH_HEADER_SIZE, end)
+    if stopped != end:
+        return None
+    return np.array(starts, dtype=np.int64), 0
+
+
+def _frame_digests(mv: memoryview, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """REFERENCE PATH: XXH3-64 of bytes 8..end of every frame, one xxhash call per frame."""
+    digest = xxhash.xxh3_64_intdigest
+    firsts = (starts + FRAME_CHECKSUMMED_FROM).tolist()
+    return np.array([digest(mv[s:e]) for s, e in zip(firsts, ends.tolist(), strict=True)], dtype=np.uint64)
+
+
+def _first_bad_frame(mv: memoryview, a: np.ndarray, batch: Batch09) -> int:
+    """Index of the first frame whose checksum is wrong, or -1."""
+    native = _native
+    spans = batch.ends - batch.starts
+    if native is not None and bool((spans >= MESSAGE_HEADER_SIZE).all()):
+        # The kernel's message rule (hash bytes 8..end, compare with bytes 0..8) is the 0.9
+        # frame rule; its ends are relative to the first frame, where message 0 starts.
+        rel_ends = np.ascontiguousarray(batch.ends - BATCH_HEADER_SIZE, dtype=np.int64)
+        return int(native.checksums_verify(mv[BATCH_HEADER_SIZE:], rel_ends))
+    stored = _gather_u64(a, batch.starts, 0, batch.uniform_size).view("<u8")[:, 0]
+    bad = np.flatnonzero(_frame_digests(mv, batch.starts, batch.ends) != stored)
+    return int(bad[0]) if bad.size else -1
+
+
+def _batch_digest(header: np.ndarray, checksum_rows: np.ndarray) -> int:
+    """XXH3-64 of partition_id..batch_length (bytes 0..40), message_count (48..52) and the
+    stored frame checksums in order (4.2): one streaming hash, no per-message call."""
+    h = xxhash.xxh3_64()
+    h.update(np.ascontiguousarray(header[:BATCH_CHECKSUM_AT]).data)
+    h.update(np.ascontiguousarray(header[MESSAGE_COUNT_AT : MESSAGE_COUNT_AT + 4]).data)
+    h.update(np.ascontiguousarray(checksum_rows).data)
+    return h.intdigest()
+
+
+def batch_digest(batch: Batch09) -> int:
+    """The batch checksum the header should hold, from its current fields and frames."""
+    a = np.frombuffer(batch.buf, dtype=np.uint8)
+    return _batch_digest(a[:BATCH_HEADER_SIZE], _gather_u64(a, batch.starts, 0, batch.uniform_size))
+
+
+def parse_batch(
+    buf: memoryview | bytes | bytearray,
+    expected_count: int | None = None,
+    *,
+    dense_offsets: bool = True,
+    verify_checksums: bool = True,
+) -> Batch09:
+    """Validate one batch (header + frames, exactly `buf`) as a whole; raise `BatchError`.
+
+    `expected_count` is SendMessages' `messages_count` (4.3). `dense_offsets` requires the
+    offset deltas 0, 1, 2, ... of a batch as sent (4.2); without it (poll records, 4.5) they
+    must still rise by one from the first. Garbage gives a `BatchError`, never another
+    exception: every length is bounded before a field is read at it. A read-only `buf` is
+    copied once so that `stamp_batch` can write in place.
+
+    Checks, in order: size and batch_length (3), message_count >= 1 (4009), header reserved
+    (4101), tiling (3) and frame count (4009), frame reserved (4101), payload and user header
+    limits (4022, 4017, 4024), offset deltas (3), timestamp overflow (4038), frame checksums
+    (4027), batch checksum (4039), `expected_count` (4009). The real server hashes first
+    (4.3); here the cheap array checks come first, which only changes which code a batch that
+    is wrong in two ways gets.
+    """
+    mv = _as_bytes_view(buf)
+    if mv.nbytes < BATCH_HEADER_SIZE:
+        raise BatchError(Status.INVALID_COMMAND, f"{mv.nbytes} bytes cannot hold a batch header")
+    if mv.readonly:
+        mv = memoryview(bytearray(mv))
+    a = np.frombuffer(mv, dtype=np.uint8)
+    header = np.frombuffer(mv, dtype=BATCH_HEADER_DTYPE, count=1)[0]
+    total = mv.nbytes
+    if int(header["batch_length"]) != total:
+        raise BatchError(Status.INVALID_COMMAND, f"batch_length {int(header['batch_length'])}, {total} bytes")
+    count = int(header["message_count"])
+    if count == 0:
+        raise BatchError(Status.INVALID_MESSAGES_COUNT, "message_count 0")
+    if bool(a[HEADER_RESERVED_AT:BATCH_HEADER_SIZE].any()):
+        raise BatchError(Status.INVALID_RESERVED_FIELD, "batch header reserved bytes")
+    tiled = _tile(mv, a, total)
+    if tiled is None:
+        raise BatchError(Status.INVALID_COMMAND, "frames do not tile the batch")
+    starts, uniform = tiled
+    if len(starts) != count:
+        raise BatchError(Status.INVALID_MESSAGES_COUNT, f"message_count {count}, {len(starts)} frames")
+    frames = _frame_headers(a, starts, uniform)
+    payload = frames["payload_length"].astype(np.int64)
+    user_headers = frames["user_headers_length"].astype(np.int64)
+    ends = starts + FRAME_HEADER_SIZE + payload + user_headers
+    if bool(frames["reserved"].any()):
+        raise BatchError(Status.INVALID_RESERVED_FIELD, "frame reserved bytes")
+    if bool((payload > MAX_PAYLOAD_BYTES).any()):
+        raise BatchError(Status.TOO_BIG_MESSAGE_PAYLOAD)
+    if bool((user_headers > MAX_USER_HEADERS_BYTES).any()):
+        raise BatchError(Status.TOO_BIG_USER_HEADERS)
+    if bool((payload == 0).any()):
+        # Section 1.8: payloads are 1..64,000,000 bytes.
+        raise BatchError(Status09.EMPTY_MESSAGE_PAYLOAD)
+    deltas = frames["offset_delta"].astype(np.int64)
+    first = int(deltas[0]) if not dense_offsets else 0
+    if bool((deltas != first + np.arange(count, dtype=np.int64)).any()):
+        # Not named by the reference (Appendix-C-like gap): offsets derive from the deltas,
+        # so anything but consecutive deltas would give duplicate or missing offsets.
+        raise BatchError(Status.INVALID_COMMAND, "offset deltas are not consecutive")
+    if int(header["origin_timestamp"]) + int(frames["timestamp_delta"].max()) > U64_MAX:
+        raise BatchError(Status09.INVALID_MESSAGE_TIMESTAMP_DELTA)
+    batch = Batch09(buf=mv, count=count, starts=starts, ends=ends, uniform_size=uniform)
+    if verify_checksums:
+        bad = _first_bad_frame(mv, a, batch)
+        if bad >= 0:
+            raise BatchError(Status.INVALID_MESSAGE_CHECKSUM, f"frame {bad}")
+        if batch_digest(batch) != int(header["batch_checksum"]):
+            raise BatchError(Status09.INVALID_BATCH_CHECKSUM)
+    if expected_count is not None and expected_count != count:
+        raise BatchError(Status.INVALID_MESSAGES_COUNT, f"messages_count {expected_count}, batch {count}")
+    return batch
+
+
+def stamp_batch(batch: Batch09, partition_id: int, base_offset: int, base_timestamp_us: int) -> None:
+    """Stamp what the server fills (4.7): partition_id, base_offset, base_timestamp, then the
+    batch checksum over the stamped header (4.2). Frames are not touched: their checksums do
+    not cover any of the three."""
+    assert not batch.buf.readonly
+    assert 0 <= partition_id <= U64_MAX and 0 <= base_timestamp_us <= U64_MAX
+    assert base_offset >= 0 and base_offset + batch.count - 1 <= U64_MAX
+    header = batch.header()
+    header["partition_id"] = partition_id
+    header["base_offset"] = base_offset
+    header["base_timestamp"] = base_timestamp_us
+    header["batch_checksum"] = batch_digest(batch)
+
+
+_TLV_HEAD = struct.Struct("<BI")  # kind u8, length u32 (4.4)
+
+
+def check_user_headers(batch: Batch09) -> None:
+    """Check every message's user headers block against 4.4: TLVs `[kind u8][len u32][bytes]`,
+    kinds non-zero (else 4040), lengths 1..=255, consumed exactly, an even number of TLVs
+    (key, value pairs); else InvalidCommand (3), the reference naming no other code.
+
+    Not part of `parse_batch`: the reference does not say the server checks this at
+    admission, and a TLV chain is sequential, so this is a REFERENCE PATH with a Python step
+    per TLV, over the messages that carry headers only. Unknown kinds (> 15) pass, as 4.4
+    asks; the sizes of fixed-size kinds are not checked (4.4 does not say the server must).
+    """
+    frames = batch.frames()
+    with_headers = np.flatnonzero(frames["user_headers_length"])
+    if not with_headers.size:
+        return
+    block_starts = (batch.starts + FRAME_HEADER_SIZE + frames["payload_length"].astype(np.int64))[
+        with_headers
+    ]
+    unpack = _TLV_HEAD.unpack_from
+    mv = batch.buf
+    for i, lo, hi in zip(
+        with_headers.tolist(), block_starts.tolist(), batch.ends[with_headers].tolist(), strict=True
+    ):
+        pos, tlvs = lo, 0
+        while pos < hi:
+            if pos + _TLV_HEAD.size > hi:
+                raise BatchError(Status.INVALID_COMMAND, f"message {i}: truncated user header")
+            kind, length = unpack(mv, pos)
+            if kind == 0:
+                raise BatchError(Status09.INVALID_HEADER_KIND, f"message {i}: user header kind 0")
+            pos += _TLV_HEAD.size + length
+            if not 1 <= length <= 255 or pos > hi:
+                raise BatchError(Status.INVALID_COMMAND, f"message {i}: user header length {length}")
+            tlvs += 1
+        if tlvs % 2:
+            raise BatchError(Status.INVALID_COMMAND, f"message {i}: a user header key without value")
+
+
+def parse_records(buf: memoryview | bytes | bytearray, *, verify_checksums: bool = True) -> list[Batch09]:
+    """Split concatenated batch records (a poll reply's records, or stored batches) and parse
+    each; one Python step per batch, none per message."""
+    mv = _as_bytes_view(buf)
+    if mv.readonly:
+        mv = memoryview(bytearray(mv))
+    out: list[Batch09] = []
+    pos = 0
+    while pos < mv.nbytes:
+        if mv.nbytes - pos < BATCH_HEADER_SIZE:
+            raise BatchError(Status.INVALID_COMMAND, f"{mv.nbytes - pos} trailing bytes")
+        length = struct.unpack_from("<Q", mv, pos + _BH["batch_length"])[0]
+        if length < BATCH_HEADER_SIZE or pos + length > mv.nbytes:
+            raise BatchError(Status.INVALID_COMMAND, f"record at {pos} claims {length} bytes")
+        record = mv[pos : pos + length]
+        out.append(parse_batch(record, dense_offsets=False, verify_checksums=verify_checksums))
+        pos += length
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Building batches (the producer's side of 4.7), used by tests and by the conversions.
+
+
+def _move_bodies(
+    src: np.ndarray,
+    src_starts: np.ndarray,
+    src_header: int,
+    dst: np.ndarray,
+    dst_starts: np.ndarray,
+    dst_header: int,
+    body_lengths: np.ndarray,
+) -> None:
+    """Copy each message body (payload + user headers) from after its `src_header`-byte
+    header at `src_starts` to after its `dst_header`-byte header at `dst_starts`.
+
+    Messages of one size, back to back on both sides (the usual batch), make both sides
+    (n, length) strided views: one 2-D copy at memcpy speed. Otherwise two boolean masks
+    over the spanned bytes select the bodies in order on each side: still no message loop,
+    but a few ns per byte.
+    """
+    n = len(src_starts)
+    length = int(body_lengths[0])
+    if bool((body_lengths == length).all()) and (
+        n == 1
+        or (
+            bool((np.diff(src_starts) == src_header + length).all())
+            and bool((np.diff(dst_starts) == dst_header + length).all())
+        )
+    ):
+        shape = (n, length)
+        view = np.ndarray(
+            shape=shape,
+            dtype=np.uint8,
+            buffer=src,
+            offset=int(src_starts[0]) + src_header,
+            strides=(src_header + length, 1),
+        )
+        target = np.ndarray(
+            shape=shape,
+            dtype=np.uint8,
+            buffer=dst,
+            offset=int(dst_starts[0]) + dst_header,
+            strides=(dst_header + length, 1),
+        )
+        target[...] = view
+        return
+    s_lo, s_hi = int(src_starts[0]), int(src_starts[-1]) + src_header + int(body_lengths[-1])
+    d_lo, d_hi = int(dst_starts[0]), int(dst_starts[-1]) + dst_header + int(body_lengths[-1])
+    keep = np.ones(s_hi - s_lo, dtype=bool)
+    keep[(src_starts - s_lo)[:, None] + _COLS[:src_header]] = False
+    free = np.ones(d_hi - d_lo, dtype=bool)
+    free[(dst_starts - d_lo)[:, None] + _COLS[:dst_header]] = False
+    dst[d_lo:d_hi][free] = src[s_lo:s_hi][keep]
+
+
+def build_batch(
+    ids: Sequence[int],
+    payloads: Sequence[bytes],
+    user_headers: Sequence[bytes],
+    origin_timestamps: Sequence[int],
+    *,
+    partition_id: int = 0,
+    base_offset: int = 0,
+    base_timestamp: int = 0,
+) -> bytearray:
+    """One batch as a producer sends it (4.1, 4.2): deltas 0, 1, ..., origin_timestamp the
+    minimum, every checksum computed. Takes Python sequences, so it is for tests and tools,
+    not for the server's hot path."""
+    n = len(payloads)
+    assert n == len(ids) == len(user_headers) == len(origin_timestamps) and n >= 1
+    origin = min(origin_timestamps)
+    frames = np.zeros(n, dtype=FRAME_HEADER_DTYPE)
+    frames["id_lo"] = [i & U64_MAX for i in ids]
+    frames["id_hi"] = [i >> 64 for i in ids]
+    frames["offset_delta"] = np.arange(n, dtype=np.uint32)
+    deltas = [t - origin for t in origin_timestamps]
+    if max(deltas) > U32_MAX:
+        raise BatchError(Status09.INVALID_MESSAGE_TIMESTAMP_DELTA)  # section 1.8
+    frames["timestamp_delta"] = deltas
+    frames["payload_length"] = [len(p) for p in payloads]
+    frames["user_headers_length"] = [len(h) for h in user_headers]
+    spans = FRAME_HEADER_SIZE + frames["payload_length"].astype(np.int64) + frames["user_headers_length"]
+    ends = BATCH_HEADER_SIZE + np.cumsum(spans)
+    starts = ends - spans
+    total = int(ends[-1])
+    out = bytearray(total)
+    a = np.frombuffer(out, dtype=np.uint8)
+    bodies = np.frombuffer(b"".join(p + h for p, h in zip(payloads, user_headers, strict=True)), np.uint8)
+    lengths = spans - FRAME_HEADER_SIZE
+    _move_bodies(bodies, np.cumsum(lengths) - lengths, 0, a, starts, FRAME_HEADER_SIZE, lengths)
+    _put_rows(a, starts, frames.view(np.uint8).reshape(n, FRAME_HEADER_SIZE))
+    _finish(out, starts, ends, partition_id, base_offset, base_timestamp, origin)
+    return out
+
+
+def _finish(
+    out: bytearray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    partition_id: int,
+    base_offset: int,
+    base_timestamp: int,
+    origin: int,
+) -> None:
+    """Write the batch header of a record whose frames are in place, and every checksum."""
+    a = np.frombuffer(out, dtype=np.uint8)
+    mv = memoryview(out)
+    digests = _frame_digests(mv, starts, ends)
+    _put_rows(a, starts, digests.astype("<u8").view(np.uint8).reshape(-1, 8))
+    header = np.frombuffer(out, dtype=BATCH_HEADER_DTYPE, count=1)
+    header["partition_id"] = partition_id
+    header["base_offset"] = base_offset
+    header["base_timestamp"] = base_timestamp
+    header["origin_timestamp"] = origin
+    header["batch_length"] = len(out)
+    header["message_count"] = len(starts)
+    header["batch_checksum"] = _batch_digest(a[:BATCH_HEADER_SIZE], _rows(a, starts, 8))
+
+
+# ---------------------------------------------------------------------------------------
+# Conversion between the stored 0.8 format (64-byte headers, 0.8 reference 4.1) and 0.9.
+
+
+def v08_to_v09(
+    buf: memoryview | bytes | bytearray,
+    ends: np.ndarray,
+    partition_id: int,
+    batch_starts: np.ndarray | None = None,
+) -> bytearray:
+    """Stored 0.8 messages (`ends` as in `tidelog.wire.batch`) as concatenated 0.9 records.
+
+    A record starts at every index in `batch_starts` (message 0 always does); by default
+    wherever the broker timestamp changes or offsets stop being consecutive, since one 0.9
+    batch has one base_timestamp and consecutive offsets (4.1, 4.5). Per record:
+    base_offset = its first offset, base_timestamp = the shared timestamp, origin_timestamp =
+    the minimum origin (what a producer writes, 4.1); frames keep id, payload, user headers
+    and get fresh checksums (REFERENCE PATH: one xxhash call per frame). A record whose
+    timestamps differ, or whose origin timestamps spread over more than u32 µs (1.8), raises
+    `BatchError` (4038 for the spread); a caller passing garbage gets ValueError.
+    """
+    mv = _as_bytes_view(buf)
+    src = np.frombuffer(mv, dtype=np.uint8)
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    n = len(ends)
+    if n == 0:
+        return bytearray()
+    starts = np.concatenate(([0], ends[:-1]))
+    spans = ends - starts
+    if bool((spans < MESSAGE_HEADER_SIZE).any()) or int(ends[-1]) > mv.nbytes:
+        raise ValueError("ends do not describe 0.8 messages within buf")
+    hdr = np.ascontiguousarray(_rows(src, starts, MESSAGE_HEADER_SIZE)).view(MESSAGE_HEADER_DTYPE)[:, 0]
+    filled = MESSAGE_HEADER_SIZE + hdr["payload_length"].astype(np.int64) + hdr["user_headers_length"]
+    if bool((filled != spans).any()):
+        raise ValueError("0.8 header lengths do not fill their spans")
+    offsets, timestamps = hdr["offset"], hdr["timestamp"]
+    if batch_starts is None:
+        breaks = (timestamps[1:] != timestamps[:-1]) | (offsets[1:] != offsets[:-1] + np.uint64(1))
+        firsts = np.concatenate(([0], np.flatnonzero(breaks) + 1)).astype(np.int64)
+    else:
+        firsts = np.unique(np.concatenate(([0], np.asarray(batch_starts, dtype=np.int64))))
+        if int(firsts[-1]) >= n or int(firsts[0]) < 0:
+            raise ValueError("batch_starts out of range")
+    records = len(firsts)
+    run = np.repeat(np.arange(records), np.diff(np.append(firsts, n)))  # record of each message
+    first_of = firsts[run]
+    if bool((timestamps != timestamps[first_of]).any()):
+        raise BatchError(Status.INVALID_COMMAND, "one record, several broker timestamps")
+    if bool((offsets != offsets[first_of] + (np.arange(n) - first_of).astype(np.uint64)).any()):
+        raise BatchError(Status.INVALID_COMMAND, "one record, non-consecutive offsets")
+    origins = hdr["origin_timestamp"]
+    origin_min = np.minimum.reduceat(origins, firsts)
+    deltas = origins - origin_min[run]
+    if bool((deltas > U32_MAX).any()):
+        raise BatchError(Status09.INVALID_MESSAGE_TIMESTAMP_DELTA)
+
+    # Frame i moves back by 16 bytes per header before it and forward by 256 per record
+    # header up to its own.
+    size_change = FRAME_HEADER_SIZE - MESSAGE_HEADER_SIZE
+    out_starts = starts + size_change * np.arange(n) + BATCH_HEADER_SIZE * (run + 1)
+    out_ends = out_starts + spans + size_change
+    total = int(out_ends[-1])
+    out = bytearray(total)
+    a = np.frombuffer(out, dtype=np.uint8)
+    record_at = out_starts[firsts] - BATCH_HEADER_SIZE
+    lasts = np.append(firsts[1:], n) - 1
+    lengths = spans - MESSAGE_HEADER_SIZE
+    for lo, hi in zip(firsts.tolist(), (lasts + 1).tolist(), strict=True):  # per record: one copy
+        _move_bodies(
+            src, starts[lo:hi], MESSAGE_HEADER_SIZE, a, out_starts[lo:hi], FRAME_HEADER_SIZE, lengths[lo:hi]
+        )
+
+    frames = np.zeros(n, dtype=FRAME_HEADER_DTYPE)
+    frames["id_lo"], frames["id_hi"] = hdr["id_lo"], hdr["id_hi"]
+    frames["offset_delta"] = np.arange(n) - first_of
+    frames["timestamp_delta"] = deltas
+    frames["user_headers_length"] = hdr["user_headers_length"]
+    frames["payload_length"] = hdr["payload_length"]
+    _put_rows(a, out_starts, frames.view(np.uint8).reshape(n, FRAME_HEADER_SIZE))
+    digests = _frame_digests(memoryview(out), out_starts, out_ends)
+    _put_rows(a, out_starts, digests.astype("<u8").view(np.uint8).reshape(n, 8))
+
+    heads = np.zeros(records, dtype=BATCH_HEADER_DTYPE)
+    heads["partition_id"] = partition_id
+    heads["base_offset"] = offsets[firsts]
+    heads["base_timestamp"] = timestamps[firsts]
+    heads["origin_timestamp"] = origin_min
+    heads["batch_length"] = out_ends[lasts] - record_at
+    heads["message_count"] = np.diff(np.append(firsts, n))
+    checksum_rows = _rows(a, out_starts, 8)
+    head_bytes = heads.view(np.uint8).reshape(records, BATCH_HEADER_SIZE)
+    for r in range(records):  # one hash per record, as for any batch
+        lo, hi = int(firsts[r]), int(lasts[r]) + 1
+        heads["batch_checksum"][r] = _batch_digest(head_bytes[r], checksum_rows[lo:hi])
+    _put_rows(a, record_at, head_bytes)
+    return out
+
+
+def v09_to_v08(batches: Sequence[Batch09]) -> tuple[bytearray, np.ndarray]:
+    """0.9 batches (parsed, e.g. by `parse_records`) as stored 0.8 messages and their ends.
+
+    Per message (4.5): offset = base_offset + offset_delta, timestamp = base_timestamp,
+    origin_timestamp = origin_timestamp + timestamp_delta; id, payload and user headers as
+    they are; a fresh 0.8 checksum (by the C kernel when built; else REFERENCE PATH, one
+    xxhash call per message). The partition id has no place in a 0.8 message and is dropped
+    (it is the partition's own).
+    """
+    size_change = MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE
+    sizes = [batch.buf.nbytes - BATCH_HEADER_SIZE + size_change * batch.count for batch in batches]
+    out = bytearray(sum(sizes))  # one buffer, written in place: no join copy
+    mv = memoryview(out)
+    all_ends: list[np.ndarray] = []
+    base = 0
+    for batch, size in zip(batches, sizes, strict=True):  # one step per batch, whole-batch inside
+        all_ends.append(_one_v09_to_v08(batch, mv[base : base + size]) + base)
+        base += size
+    return out, (np.concatenate(all_ends) if all_ends else np.empty(0, dtype=np.int64))
+
+
+def _one_v09_to_v08(batch: Batch09, out: memoryview) -> np.ndarray:
+    """Write `batch` as 0.8 messages into `out` (exactly their size); return their ends."""
+    n = batch.count
+    src = np.frombuffer(batch.buf, dtype=np.uint8)
+    frames = batch.frames()
+    spans = batch.ends - batch.starts
+    size_change = MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE
+    out_starts = batch.starts - BATCH_HEADER_SIZE + size_change * np.arange(n)
+    out_ends = np.ascontiguousarray(out_starts + spans + size_change, dtype=np.int64)
+    assert int(out_ends[-1]) == out.nbytes
+    a = np.frombuffer(out, dtype=np.uint8)
+    _move_bodies(
+        src, batch.starts, FRAME_HEADER_SIZE, a, out_starts, MESSAGE_HEADER_SIZE, spans - FRAME_HEADER_SIZE
+    )
+    hdr = np.zeros(n, dtype=MESSAGE_HEADER_DTYPE)
+    hdr["id_lo"], hdr["id_hi"] = frames["id_lo"], frames["id_hi"]
+    hdr["offset"] = batch.offsets()
+    hdr["timestamp"] = batch.base_timestamp
+    hdr["origin_timestamp"] = batch.origin_timestamps()
+    hdr["user_headers_length"] = frames["user_headers_length"]
+    hdr["payload_length"] = frames["payload_length"]
+    _put_rows(a, out_starts, hdr.view(np.uint8).reshape(n, MESSAGE_HEADER_SIZE))
+    native = _native
+    if native is not None and int(native.zero_ids(out, out_ends)) == 0:
+        # The 0.8 kernel stamps offset base+i, one timestamp and the checksum of every
+        # message: exactly this batch's values, since parse_batch proved the deltas
+        # consecutive. Ids of 0 would be replaced by random ones, so those batches don't come.
+        first = batch.base_offset + int(frames["offset_delta"][0])
+        native.stamp(out, out_ends, first, batch.base_timestamp, None)
+        return out_ends
+    # Same rule as 0.8 (hash bytes 8..end), so the same reference helper serves.
+    digests = _frame_digests(out, out_starts, out_ends)
+    _put_rows(a, out_starts, digests.astype("<u8").view(np.uint8).reshape(n, 8))
+    return out_ends
+
+
+# ---------------------------------------------------------------------------------------
+# Poll replies (4.5): which stored bytes answer an offset range.
+
+
+@dataclass(slots=True, frozen=True)
+class PollSlice:
+    """A poll reply's records as pieces to send in order: `bytes` is a rewritten 256-byte
+    batch header, `(lo, hi)` a byte range of the stored log sent unchanged."""
+
+    pieces: list[bytes | tuple[int, int]]
+    count: int
+    first_offset: int
+
+
+def poll_slice(
+    log: memoryview | bytes | bytearray,
+    batch_positions: np.ndarray,
+    frame_ends: np.ndarray,
+    first_offset: int,
+    start: int,
+    end: int,
+) -> PollSlice:
+    """The records answering offsets [start, end) from a log of back-to-back 0.9 records.
+
+    `batch_positions[b]` is where record b's header lies in `log`; `frame_ends[j]` is where
+    the frame of offset `first_offset + j` ends (the stored index, like 0.8's `.index`);
+    records hold consecutive offsets in order. Whole records in the range are one byte range
+    of the log; only the first and the last can be cut, and each cut gets a new header with
+    the same base_offset, the slice's batch_length and message_count, and a batch checksum
+    re-derived over it, so frames stay byte for byte as stored (4.5). Binary searches and a
+    gather of the cut records' frame checksums: no Python step per message.
+    """
+    a = np.frombuffer(_as_bytes_view(log), dtype=np.uint8)
+    positions = np.ascontiguousarray(batch_positions, dtype=np.int64)
+    frame_ends = np.ascontiguousarray(frame_ends, dtype=np.int64)
+    stored = len(frame_ends)
+    lo_off, hi_off = max(start, first_offset), min(end, first_offset + stored)
+    if lo_off >= hi_off:
+        return PollSlice(pieces=[], count=0, first_offset=lo_off)
+    first_msg, last_msg = lo_off - first_offset, hi_off - first_offset - 1
+    # First message of each record (and `stored` past the last): the first frame ending after
+    # the record's header position.
+    msg_first = np.append(np.searchsorted(frame_ends, positions, side="right"), stored)
+
+    def record_of(j: int) -> int:
+        return int(np.searchsorted(msg_first, j, side="right")) - 1
+
+    def frame_start(j: int, b: int) -> int:
+        return int(positions[b]) + BATCH_HEADER_SIZE if j == int(msg_first[b]) else int(frame_ends[j - 1])
+
+    pieces: list[bytes | tuple[int, int]] = []
+
+    def add_range(lo: int, hi: int) -> None:
+        last = pieces[-1] if pieces else None
+        if isinstance(last, tuple) and last[1] == lo:
+            pieces[-1] = (last[0], hi)
+        else:
+            pieces.append((lo, hi))
+
+    def emit(b: int, lo_msg: int, hi_msg: int) -> None:
+        lo, hi = frame_start(lo_msg, b), int(frame_ends[hi_msg])
+        if lo_msg == int(msg_first[b]) and hi_msg == int(msg_first[b + 1]) - 1:
+            add_range(int(positions[b]), hi)  # uncut: the stored record as it is
+            return
+        starts = np.append(lo, frame_ends[lo_msg:hi_msg])
+        header = a[int(positions[b]) : int(positions[b]) + BATCH_HEADER_SIZE].copy()
+        fields = header.view(BATCH_HEADER_DTYPE)
+        fields["batch_length"] = BATCH_HEADER_SIZE + hi - lo
+        fields["message_count"] = hi_msg - lo_msg + 1
+        fields["batch_checksum"] = _batch_digest(header, _rows(a, starts, 8))
+        pieces.append(header.tobytes())
+        add_range(lo, hi)
+
+    b0, b1 = record_of(first_msg), record_of(last_msg)
+    emit(b0, first_msg, min(last_msg, int(msg_first[b0 + 1]) - 1))
+    if b1 > b0 + 1:
+        add_range(int(positions[b0 + 1]), int(positions[b1]))  # whole records between
+    if b1 > b0:
+        emit(b1, int(msg_first[b1]), last_msg)
+    return PollSlice(pieces=pieces, count=hi_off - lo_off, first_offset=lo_off)
