@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
@@ -621,32 +620,6 @@ def test_poll_slice_given_range_inside_one_record_when_sliced_should_rewrite_onl
     assert isinstance(header, bytes) and frames == (int(frame_ends[0]), int(frame_ends[2]))
     (record,) = parse_records(header + log[frames[0] : frames[1]])
     assert (record.base_offset, record.count, record.offsets().tolist()) == (0, 2, [1, 2])
-
-
-# --- cost ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("payload_bytes", [16, 200])
-def test_parse_batch_given_1000_frames_when_timed_should_report_ns_per_message(
-    payload_bytes: int, kernel: str
-) -> None:
-    # Not a pass/fail bound (machines differ); prints the figure, shown with `pytest -s`.
-    n = 1000
-    uniform = build_batch(list(range(1, n + 1)), [b"x" * payload_bytes] * n, [b""] * n, [ORIGIN_US] * n)
-    mixed = build_batch(
-        list(range(1, n + 1)), [b"x" * (payload_bytes + i % 7) for i in range(n)], [b""] * n, [ORIGIN_US] * n
-    )
-    for name, buf in (("uniform", uniform), ("mixed", mixed)):
-        assert parse_batch(buf).count == n
-        best = min(_timed(buf) for _ in range(5))
-        print(f"{kernel} {name} payload {payload_bytes}: {best / n * 1e9:.0f} ns/message")
-
-
-def _timed(buf: bytearray) -> float:
-    t0 = time.perf_counter()
-    for _ in range(5):
-        parse_batch(buf)
-    return (time.perf_counter() - t0) / 5
 
 
 def test_batch09_given_parsed_batch_when_header_written_should_write_through() -> None:
