@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import xxhash
 
-from tidelog import metadata as md
+from tests.shardkit import add_stream_and_topic
 from tidelog.config import Config, DurabilityConfig, FsyncPolicy
 from tidelog.server.dispatch import Dispatcher
 from tidelog.server.shard import Shard
@@ -528,23 +528,7 @@ class Server:
         # Writer completions are reaped on this loop (what Shard.start sets up for a server).
         self.shard._loop = asyncio.get_running_loop()
         if not self.shard.metadata.streams:
-            stream = self.shard.apply(md.CreateStream(name="s", created_at_us=1))
-            assert isinstance(stream, md.StreamMeta)
-            topic = self.shard.apply(
-                md.CreateTopic(
-                    stream_id=stream.id,
-                    name="t",
-                    partitions_count=1,
-                    compression_algorithm=1,
-                    message_expiry=0,
-                    max_topic_size=0,
-                    replication_factor=0,
-                    created_at_us=1,
-                )
-            )
-            assert isinstance(topic, md.TopicMeta)
-            for pid in topic.partitions:
-                self.shard.create_partition((stream.id, topic.id, pid))
+            add_stream_and_topic(self.shard)
         self.stream_id = next(iter(self.shard.metadata.streams))
         self.topic_id = next(iter(self.shard.metadata.streams[self.stream_id].topics))
         self.pid = next(iter(self.shard.metadata.streams[self.stream_id].topics[self.topic_id].partitions))

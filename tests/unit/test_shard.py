@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.shardkit import add_stream_and_topic, add_topic
 from tidelog import metadata as md
 from tidelog.config import Config, SystemConfig
 from tidelog.server.shard import Shard
@@ -21,22 +22,8 @@ def test_shard_given_many_partitions_when_opened_should_share_the_cache_budget(t
     shard = Shard(config)
     shard.open()
     try:
-        stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
-        assert isinstance(stream, md.StreamMeta)
-        topic = shard.apply(
-            md.CreateTopic(
-                stream_id=stream.id,
-                name="t",
-                partitions_count=10,
-                compression_algorithm=1,
-                message_expiry=0,
-                max_topic_size=0,
-                replication_factor=0,
-                created_at_us=1,
-            )
-        )
-        assert isinstance(topic, md.TopicMeta)
-        keys = [(stream.id, topic.id, pid) for pid in sorted(topic.partitions)]
+        topic = add_stream_and_topic(shard, partitions=10, create_files=False)
+        keys = [(topic.stream_id, topic.id, pid) for pid in sorted(topic.partitions)]
         shard.open_partition(keys[0])
         assert shard.partitions[keys[0]].cache_budget_bytes == 32 * MIB  # capped per partition
         for key in keys[1:]:
@@ -111,25 +98,6 @@ def test_shard_given_one_failing_partition_when_ticking_should_flush_the_others_
     shard.writer.close()
 
 
-def _create_topic(shard: Shard, stream_id: int) -> md.TopicMeta:
-    topic = shard.apply(
-        md.CreateTopic(
-            stream_id=stream_id,
-            name="t",
-            partitions_count=1,
-            compression_algorithm=1,
-            message_expiry=0,
-            max_topic_size=0,
-            replication_factor=0,
-            created_at_us=1,
-        )
-    )
-    assert isinstance(topic, md.TopicMeta)
-    for pid in topic.partitions:
-        shard.create_partition((stream_id, topic.id, pid))
-    return topic
-
-
 def test_shard_given_files_left_by_an_interrupted_delete_when_id_reused_should_start_empty(
     tmp_path: Path,
 ) -> None:
@@ -138,7 +106,7 @@ def test_shard_given_files_left_by_an_interrupted_delete_when_id_reused_should_s
     try:
         stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
         assert isinstance(stream, md.StreamMeta)
-        old = _create_topic(shard, stream.id)
+        old = add_topic(shard, stream.id)
         key = (stream.id, old.id, 0)
         shard.partitions[key].append(_batch(5, 100), 1, os.urandom)  # type: ignore[arg-type]
         shard.partitions[key].flush(fsync=True)
@@ -146,7 +114,7 @@ def test_shard_given_files_left_by_an_interrupted_delete_when_id_reused_should_s
         shard.apply(md.DeleteTopic(stream_id=stream.id, topic_id=old.id))
         shard.partitions.pop(key).close()
         assert any(shard.partition_dir(key).glob("*.log"))
-        new = _create_topic(shard, stream.id)
+        new = add_topic(shard, stream.id)
         assert new.id == old.id  # the freed id is reused
         part = shard.partitions[key]
         assert part.messages_count == 0 and part.next_offset == 0

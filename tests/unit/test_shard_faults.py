@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.shardkit import add_stream_and_topic
 from tests.unit.test_partition import batch_of
 from tests.unit.test_partition_faults import FaultDisk
-from tidelog import metadata as md
 from tidelog.config import Config, DurabilityConfig, FsyncPolicy
 from tidelog.server.shard import PartitionKey, Shard, Unpersisted
 from tidelog.storage.partition import Partition
@@ -23,23 +23,8 @@ def _shard(tmp_path: Path, disk: FaultDisk, **durability: object) -> tuple[Shard
     shard = Shard(config)
     shard.io = disk  # partitions open on it; the metadata log stays on the real disk
     shard.open()
-    stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
-    assert isinstance(stream, md.StreamMeta)
-    topic = shard.apply(
-        md.CreateTopic(
-            stream_id=stream.id,
-            name="t",
-            partitions_count=1,
-            compression_algorithm=1,
-            message_expiry=0,
-            max_topic_size=0,
-            replication_factor=0,
-            created_at_us=1,
-        )
-    )
-    assert isinstance(topic, md.TopicMeta)
-    key = (stream.id, topic.id, 0)
-    shard.create_partition(key)
+    topic = add_stream_and_topic(shard)
+    key = (topic.stream_id, topic.id, 0)
     return shard, key
 
 

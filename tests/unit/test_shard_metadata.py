@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.shardkit import topic_op
 from tests.wireclient import Request
 from tidelog import metadata as md
 from tidelog.config import Config
@@ -33,19 +34,6 @@ def _batch(count: int, size: int) -> Batch:
     return parse_send_batch(memoryview(bytes(index)), memoryview(area), count)
 
 
-def _topic_op(stream_id: int, name: str = "t", partitions: int = 1) -> md.CreateTopic:
-    return md.CreateTopic(
-        stream_id=stream_id,
-        name=name,
-        partitions_count=partitions,
-        compression_algorithm=1,
-        message_expiry=0,
-        max_topic_size=0,
-        replication_factor=0,
-        created_at_us=1,
-    )
-
-
 def _open(tmp_path: Path) -> Shard:
     shard = Shard(Config(data_dir=tmp_path))
     shard.open()
@@ -56,7 +44,7 @@ def _seed(shard: Shard, partitions: int = 2) -> tuple[int, int]:
     """A stream with one topic whose partitions hold a few flushed messages."""
     stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
     assert isinstance(stream, md.StreamMeta)
-    topic = shard.apply(_topic_op(stream.id, partitions=partitions))
+    topic = shard.apply(topic_op(stream.id, partitions=partitions))
     assert isinstance(topic, md.TopicMeta)
     for pid in sorted(topic.partitions):
         part = shard.create_partition((stream.id, topic.id, pid))
@@ -230,7 +218,7 @@ def test_shard_given_files_of_an_id_metadata_lost_when_id_reused_should_start_em
         # folder, or metadata lost the entity): the next topic gets the same id.
         shard.metalog.apply(md.DeleteTopic(stream_id=stream_id, topic_id=topic_id))
         shard.partitions.pop(key).close()
-        shard.apply(_topic_op(stream_id, name="t-new"))
+        shard.apply(topic_op(stream_id, name="t-new"))
         part = shard.create_partition(key)
         assert part.messages_count == 0 and part.next_offset == 0
         [kept] = [p for p in (tmp_path / "quarantine").rglob("0") if p.parent.name == "partitions"]

@@ -844,3 +844,15 @@ def test_reply_decoder_given_partial_body_when_fed_should_report_bytes_needed() 
 def test_reply_decoder_given_random_bytes_when_fed_should_never_raise(junk: bytes) -> None:
     events = ReplyDecoder().feed(junk)
     assert all(isinstance(e, ReplyReceived | EvictionReceived | ReplyViolation) for e in events)
+
+
+def test_command_code_given_0_8_commands_when_compared_should_share_every_code_by_value() -> None:
+    from tidelog.wire.codes import Command
+    from tidelog.wire.v09.codes import CommandCode
+
+    v09 = {int(c): c.name for c in CommandCode}
+    # Every 0.8 code exists in 0.9; 11 is renamed GetSnapshotFile there.
+    assert {int(c) for c in Command} <= set(v09)
+    renamed = {c.name for c in Command if v09[int(c)] != c.name}
+    assert renamed <= {"GET_SNAPSHOT"}
+    assert set(v09) - {int(c) for c in Command} == {13, 40, 45, 606}

@@ -119,6 +119,10 @@ class CommandCode(IntEnum):
 
     Only NonReplicated requests carry one on the wire (header bytes 196..200); for the
     other operations the code is implied by the operation (see :data:`OPERATION_FOR_CODE`).
+
+    Its own enum rather than `tidelog.wire.codes.Command`: 0.9 adds 13, 40, 45 and 606, and the
+    0.8 dispatcher asserts that `Command` is exactly what it serves. Codes both generations
+    have keep the same name and value (a unit test holds them together).
     """
 
     PING = 1

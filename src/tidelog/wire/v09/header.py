@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import xxhash
 
@@ -66,47 +67,44 @@ _FRAME_FIELDS: tuple[tuple[str, str], ...] = (
     ("reserved_frame", "66s"),
 )
 
-_REQUEST, REQUEST_OFFSETS = _layout(
-    (
-        *_FRAME_FIELDS,
-        ("client", _U128),
-        ("request_checksum", _U128),
-        ("timestamp", "Q"),
-        ("request", "Q"),
-        ("operation", "B"),
-        ("padding", "7s"),
-        ("session", "Q"),
-        ("user_id", "I"),
-        ("command_code", "I"),  # reserved[0..4]: the classic code for NonReplicated
-        ("reserved", "56s"),
-    )
+_REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
+    *_FRAME_FIELDS,
+    ("client", _U128),
+    ("request_checksum", _U128),
+    ("timestamp", "Q"),
+    ("request", "Q"),
+    ("operation", "B"),
+    ("padding", "7s"),
+    ("session", "Q"),
+    ("user_id", "I"),
+    ("command_code", "I"),  # reserved[0..4]: the classic code for NonReplicated
+    ("reserved", "56s"),
 )
-_REPLY, REPLY_OFFSETS = _layout(
-    (
-        *_FRAME_FIELDS,
-        ("request_checksum", _U128),
-        ("context", _U128),
-        ("client", _U128),
-        ("op", "Q"),
-        ("commit", "Q"),
-        ("timestamp", "Q"),
-        ("request", "Q"),
-        ("operation", "B"),
-        ("padding", "7s"),
-        ("status", "I"),
-        ("reserved", "36s"),
-    )
+_REQUEST, REQUEST_OFFSETS = _layout(_REQUEST_FIELDS)
+_REPLY_FIELDS: tuple[tuple[str, str], ...] = (
+    *_FRAME_FIELDS,
+    ("request_checksum", _U128),
+    ("context", _U128),
+    ("client", _U128),
+    ("op", "Q"),
+    ("commit", "Q"),
+    ("timestamp", "Q"),
+    ("request", "Q"),
+    ("operation", "B"),
+    ("padding", "7s"),
+    ("status", "I"),
+    ("reserved", "36s"),
 )
-_EVICTION, EVICTION_OFFSETS = _layout(
-    (
-        *_FRAME_FIELDS,
-        ("client", _U128),
-        ("server_protocol_version", "I"),
-        ("server_protocol_version_min", "I"),
-        ("reserved", "103s"),
-        ("reason", "B"),
-    )
+_REPLY, REPLY_OFFSETS = _layout(_REPLY_FIELDS)
+_EVICTION_FIELDS: tuple[tuple[str, str], ...] = (
+    *_FRAME_FIELDS,
+    ("client", _U128),
+    ("server_protocol_version", "I"),
+    ("server_protocol_version_min", "I"),
+    ("reserved", "103s"),
+    ("reason", "B"),
 )
+_EVICTION, EVICTION_OFFSETS = _layout(_EVICTION_FIELDS)
 
 # The offset columns of the reference tables, verbatim.
 _FRAME_EXPECTED = {"checksum": 0, "checksum_body": 16, "cluster": 32, "size": 48, "view": 52}
@@ -168,21 +166,33 @@ def _need_header(data: bytes | bytearray | memoryview) -> None:
         raise HeaderError(f"a header is {HEADER_SIZE} bytes, got {len(data)}")
 
 
-def _check_widths(obj: object, widths: dict[str, int]) -> None:
-    for name, limit in widths.items():
+_INT_MAX = {"B": U8_MAX, "I": U32_MAX, "Q": U64_MAX, _U128: U128_MAX}
+
+
+def _pack(obj: object, layout: struct.Struct, fields: tuple[tuple[str, str], ...]) -> bytes:
+    """Encode `obj`'s fields in layout order, refusing a value that does not fit its width."""
+    values: list[object] = []
+    for name, code in fields:
         value = getattr(obj, name)
+        limit = _INT_MAX.get(code)
+        if limit is None:  # "Ns": raw bytes of exactly N
+            if len(value) != int(code[:-1]):
+                raise HeaderError(f"{type(obj).__name__}.{name} must be {code[:-1]} bytes")
+            values.append(value)
+            continue
         if not 0 <= value <= limit:
             raise HeaderError(f"{type(obj).__name__}.{name} = {value} out of range 0..{limit}")
+        values.append(_b128(value) if code == _U128 else value)
+    return layout.pack(*values)
 
 
-def _check_lengths(obj: object, lengths: dict[str, int]) -> None:
-    for name, length in lengths.items():
-        if len(getattr(obj, name)) != length:
-            raise HeaderError(f"{type(obj).__name__}.{name} must be {length} bytes")
-
-
-_FRAME_WIDTHS = {"checksum": U128_MAX, "checksum_body": U128_MAX, "cluster": U128_MAX, "size": U32_MAX}
-_FRAME_WIDTHS |= {"view": U32_MAX, "release": U32_MAX, "command": U8_MAX, "replica": U8_MAX}
+def _unpack(
+    data: bytes | bytearray | memoryview, layout: struct.Struct, fields: tuple[tuple[str, str], ...]
+) -> dict[str, Any]:
+    """Field name -> value of the first 256 bytes of `data` (u128 fields as ints)."""
+    _need_header(data)
+    raw = layout.unpack_from(data)
+    return {name: _u128(v) if code == _U128 else v for (name, code), v in zip(fields, raw, strict=True)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,60 +229,12 @@ class RequestHeader:
         return self.size - HEADER_SIZE
 
     def encode(self) -> bytes:
-        _check_widths(self, _FRAME_WIDTHS)
-        _check_widths(self, {"client": U128_MAX, "request_checksum": U128_MAX, "timestamp": U64_MAX})
-        _check_widths(self, {"request": U64_MAX, "operation": U8_MAX, "session": U64_MAX})
-        _check_widths(self, {"user_id": U32_MAX, "command_code": U32_MAX})
-        _check_lengths(self, {"reserved_frame": 66, "padding": 7, "reserved": 56})
-        return _REQUEST.pack(
-            _b128(self.checksum),
-            _b128(self.checksum_body),
-            _b128(self.cluster),
-            self.size,
-            self.view,
-            self.release,
-            self.command,
-            self.replica,
-            self.reserved_frame,
-            _b128(self.client),
-            _b128(self.request_checksum),
-            self.timestamp,
-            self.request,
-            self.operation,
-            self.padding,
-            self.session,
-            self.user_id,
-            self.command_code,
-            self.reserved,
-        )
+        return _pack(self, _REQUEST, _REQUEST_FIELDS)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> RequestHeader:
         """Decode the first 256 bytes of ``data``; no field is validated (see frames.py)."""
-        _need_header(data)
-        (ck, ckb, cl, size, view, release, command, replica, rf, client, rck, ts, request, op, pad,
-         session, user_id, code, reserved) = _REQUEST.unpack_from(data)  # fmt: skip
-        return cls(
-            size=size,
-            client=_u128(client),
-            request_checksum=_u128(rck),
-            request=request,
-            operation=op,
-            session=session,
-            command_code=code,
-            command=command,
-            timestamp=ts,
-            user_id=user_id,
-            checksum=_u128(ck),
-            checksum_body=_u128(ckb),
-            cluster=_u128(cl),
-            view=view,
-            release=release,
-            replica=replica,
-            reserved_frame=rf,
-            padding=pad,
-            reserved=reserved,
-        )
+        return cls(**_unpack(data, _REQUEST, _REQUEST_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,61 +268,12 @@ class ReplyHeader:
         return self.size - HEADER_SIZE
 
     def encode(self) -> bytes:
-        _check_widths(self, _FRAME_WIDTHS)
-        _check_widths(self, {"request_checksum": U128_MAX, "context": U128_MAX, "client": U128_MAX})
-        _check_widths(self, {"op": U64_MAX, "commit": U64_MAX, "timestamp": U64_MAX, "request": U64_MAX})
-        _check_widths(self, {"operation": U8_MAX, "status": U32_MAX})
-        _check_lengths(self, {"reserved_frame": 66, "padding": 7, "reserved": 36})
-        return _REPLY.pack(
-            _b128(self.checksum),
-            _b128(self.checksum_body),
-            _b128(self.cluster),
-            self.size,
-            self.view,
-            self.release,
-            self.command,
-            self.replica,
-            self.reserved_frame,
-            _b128(self.request_checksum),
-            _b128(self.context),
-            _b128(self.client),
-            self.op,
-            self.commit,
-            self.timestamp,
-            self.request,
-            self.operation,
-            self.padding,
-            self.status,
-            self.reserved,
-        )
+        return _pack(self, _REPLY, _REPLY_FIELDS)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> ReplyHeader:
-        _need_header(data)
-        (ck, ckb, cl, size, view, release, command, replica, rf, rck, context, client, op, commit, ts,
-         request, operation, pad, status, reserved) = _REPLY.unpack_from(data)  # fmt: skip
-        return cls(
-            size=size,
-            operation=operation,
-            status=status,
-            client=_u128(client),
-            request=request,
-            request_checksum=_u128(rck),
-            op=op,
-            commit=commit,
-            timestamp=ts,
-            context=_u128(context),
-            command=command,
-            checksum=_u128(ck),
-            checksum_body=_u128(ckb),
-            cluster=_u128(cl),
-            view=view,
-            release=release,
-            replica=replica,
-            reserved_frame=rf,
-            padding=pad,
-            reserved=reserved,
-        )
+        """Decode the first 256 bytes of ``data``; no field is validated (see frames.py)."""
+        return cls(**_unpack(data, _REPLY, _REPLY_FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,48 +300,12 @@ class EvictionHeader:
     reserved: bytes = _Z103
 
     def encode(self) -> bytes:
-        _check_widths(self, _FRAME_WIDTHS)
-        _check_widths(self, {"client": U128_MAX, "reason": U8_MAX})
-        _check_widths(self, {"server_protocol_version": U32_MAX, "server_protocol_version_min": U32_MAX})
-        _check_lengths(self, {"reserved_frame": 66, "reserved": 103})
-        return _EVICTION.pack(
-            _b128(self.checksum),
-            _b128(self.checksum_body),
-            _b128(self.cluster),
-            self.size,
-            self.view,
-            self.release,
-            self.command,
-            self.replica,
-            self.reserved_frame,
-            _b128(self.client),
-            self.server_protocol_version,
-            self.server_protocol_version_min,
-            self.reserved,
-            self.reason,
-        )
+        return _pack(self, _EVICTION, _EVICTION_FIELDS)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> EvictionHeader:
-        _need_header(data)
-        (ck, ckb, cl, size, view, release, command, replica, rf, client, ver, ver_min, reserved,
-         reason) = _EVICTION.unpack_from(data)  # fmt: skip
-        return cls(
-            client=_u128(client),
-            reason=reason,
-            server_protocol_version=ver,
-            server_protocol_version_min=ver_min,
-            size=size,
-            command=command,
-            checksum=_u128(ck),
-            checksum_body=_u128(ckb),
-            cluster=_u128(cl),
-            view=view,
-            release=release,
-            replica=replica,
-            reserved_frame=rf,
-            reserved=reserved,
-        )
+        """Decode the first 256 bytes of ``data``; no field is validated (see frames.py)."""
+        return cls(**_unpack(data, _EVICTION, _EVICTION_FIELDS))
 
 
 # --- request_checksum (section 1.2) -------------------------------------------------------
