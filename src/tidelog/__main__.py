@@ -32,6 +32,7 @@ def _serve_overrides(args: argparse.Namespace) -> dict[str, Any]:
 async def _serve(config: Config) -> int:
     from tidelog.server.connection import Connection
     from tidelog.server.dispatch import Dispatcher
+    from tidelog.server.dispatch09 import Dispatcher09
     from tidelog.server.limits import ConnectionGate, ConnectionLimits
     from tidelog.server.shard import Shard, StartupRefused, install_signal_handlers
 
@@ -44,10 +45,13 @@ async def _serve(config: Config) -> int:
         print(f"tidelog: refusing to start: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
     dispatcher = Dispatcher(shard)
+    dispatcher09 = Dispatcher09(dispatcher)  # the same store, served to 0.9 clients
     gate = ConnectionGate(ConnectionLimits.from_config(config.tcp))  # shared by all connections
 
     def factory() -> Connection:
-        return Connection(dispatcher, config.tcp.write_buffer_high_bytes, config.tcp.nodelay, gate)
+        return Connection(
+            dispatcher, config.tcp.write_buffer_high_bytes, config.tcp.nodelay, gate, v09_handler=dispatcher09
+        )
 
     stop = asyncio.Event()
     install_signal_handlers(stop)

@@ -134,6 +134,8 @@ class GroupMeta:
     name: str
     partition_ids: list[int]
     members: list[MemberMeta] = field(default_factory=list)
+    # Bumped on every rebalance: a 0.9 member syncs its assignment by it (0.9 section 5.4).
+    generation: int = field(default=0, compare=False)
 
 
 @dataclass(slots=True)
@@ -147,6 +149,16 @@ class TopicMeta:
     max_topic_size: int
     replication_factor: int
     partitions: dict[int, PartitionMeta] = field(default_factory=dict)
+    # Set by 0.9 clients (0.9 section 2.8), "" where a 0.8 client made the topic: the options
+    # block as sent (hex, echoed in 0.9 replies) and the two durability keys.
+    options_hex: str = ""
+    durability: str = ""
+    consumer_offset_durability: str = ""
+    # 0.9 per-topic storage settings; 0 = the server's (system.segment_size_bytes,
+    # durability.flush_messages, durability.flush_bytes).
+    segment_size_bytes: int = 0
+    flush_messages: int = 0
+    flush_bytes: int = 0
     groups: dict[int, GroupMeta] = field(default_factory=dict)
     group_ids: SlotAllocator = field(default_factory=SlotAllocator)
     # Derived index (rebuilt from `groups`), hence left out of equality.
@@ -215,6 +227,15 @@ class CreateTopic:
     max_topic_size: int  # 0 = server default, u64::MAX = unlimited
     replication_factor: int  # 0 = unset (stored as 1)
     created_at_us: int
+    # 0.9 only (see TopicMeta); defaulted so that ops logged before they existed still load.
+    options_hex: str = ""
+    durability: str = ""
+    consumer_offset_durability: str = ""
+    # 0.9 per-topic storage settings; 0 = the server's (system.segment_size_bytes,
+    # durability.flush_messages, durability.flush_bytes).
+    segment_size_bytes: int = 0
+    flush_messages: int = 0
+    flush_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,11 +428,16 @@ def op_from_json(d: dict[str, Any]) -> Op:
     cls = OP_TYPES.get(d.get("type", ""))
     if cls is None:
         raise ValueError(f"unknown op type {d.get('type')!r}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    if set(d) != {"type", *names}:
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    # Fields added later carry defaults; an op logged before them leaves them out.
+    optional = {f.name for f in fields if f.default is not dataclasses.MISSING}
+    if not {"type", *names} - optional <= set(d) <= {"type", *names}:
         raise ValueError(f"{cls.__name__}: fields {sorted(d)} do not match {names}")
     kwargs: dict[str, Any] = {}
     for name in names:
+        if name not in d:
+            continue
         value = d[name]
         if name == "permissions":
             value = permissions_from_json(value)
@@ -446,6 +472,7 @@ def _check_status(value: int) -> None:
 def _rebalance(group: GroupMeta) -> None:
     """Full rebalance (section 4.5): partition i, ascending, goes to member i mod M."""
     members = group.members
+    group.generation += 1
     for m in members:
         m.partitions = []
         m.cursor = 0
@@ -613,7 +640,8 @@ class Metadata:
             raise IggyError(Status.TOPIC_NAME_ALREADY_EXISTS, op.name)
         _check_compression(op.compression_algorithm)
         # Only a custom size is checked: 0 resolves to the (already checked) default.
-        if op.max_topic_size not in (0, U64_MAX) and op.max_topic_size < self.defaults.segment_size_bytes:
+        segment_size = op.segment_size_bytes or self.defaults.segment_size_bytes
+        if op.max_topic_size not in (0, U64_MAX) and op.max_topic_size < segment_size:
             raise IggyError(Status.INVALID_TOPIC_SIZE, str(op.max_topic_size))
 
         def change() -> TopicMeta:
@@ -629,6 +657,12 @@ class Metadata:
                 max_topic_size=op.max_topic_size or self.defaults.max_topic_size,
                 replication_factor=op.replication_factor or 1,
                 partitions={i: PartitionMeta(i, op.created_at_us) for i in range(op.partitions_count)},
+                options_hex=op.options_hex,
+                durability=op.durability,
+                consumer_offset_durability=op.consumer_offset_durability,
+                segment_size_bytes=op.segment_size_bytes,
+                flush_messages=op.flush_messages,
+                flush_bytes=op.flush_bytes,
             )
             stream.topics[topic_id] = topic
             stream.topic_ids_by_name[op.name] = topic_id
@@ -1024,6 +1058,12 @@ class Metadata:
                         "message_expiry": topic.message_expiry,
                         "max_topic_size": topic.max_topic_size,
                         "replication_factor": topic.replication_factor,
+                        "options_hex": topic.options_hex,
+                        "durability": topic.durability,
+                        "consumer_offset_durability": topic.consumer_offset_durability,
+                        "segment_size_bytes": topic.segment_size_bytes,
+                        "flush_messages": topic.flush_messages,
+                        "flush_bytes": topic.flush_bytes,
                         "partitions": [
                             [p.id, p.created_at_us] for p in sorted(topic.partitions.values(), key=_by_id)
                         ],
@@ -1089,6 +1129,12 @@ class Metadata:
                     message_expiry=td["message_expiry"],
                     max_topic_size=td["max_topic_size"],
                     replication_factor=td["replication_factor"],
+                    options_hex=td.get("options_hex", ""),
+                    durability=td.get("durability", ""),
+                    consumer_offset_durability=td.get("consumer_offset_durability", ""),
+                    segment_size_bytes=td.get("segment_size_bytes", 0),
+                    flush_messages=td.get("flush_messages", 0),
+                    flush_bytes=td.get("flush_bytes", 0),
                     partitions={pid: PartitionMeta(pid, created) for pid, created in td["partitions"]},
                     group_ids=SlotAllocator.from_json(td["group_ids"]),
                 )

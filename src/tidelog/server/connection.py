@@ -30,6 +30,12 @@ from tidelog.server.limits import ConnectionGate
 from tidelog.storage.io import FileRange
 from tidelog.wire import framing
 from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
+from tidelog.wire.v09 import frames as frames09
+from tidelog.wire.v09.codes import EvictionReason
+from tidelog.wire.v09.frames import Generation, NeedMore, Unrecognized
+from tidelog.wire.v09.header import HEADER_SIZE as V09_HEADER_SIZE
+from tidelog.wire.v09.header import MAX_FRAME_SIZE as V09_MAX_FRAME_SIZE
+from tidelog.wire.v09.header import RequestHeader, eviction_for
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,9 @@ SMALL_BUFFER_BYTES = 256 * 1024
 # Larger payloads get lazily committed anonymous memory rather than a zero-filled bytearray.
 LAZY_BUFFER_BYTES = 8 * 1024 * 1024
 _U32 = struct.Struct("<I")
+# How long 8 first bytes that could begin either generation wait for more before they are
+# taken for what they look like (a 0.8 header with an unknown code, answered as such).
+DETECT_WAIT_S = 0.2
 
 
 class CloseConnection(Exception):
@@ -52,14 +61,28 @@ class CloseConnection(Exception):
         self.reply = reply
 
 
-class Handler(Protocol):
-    """What the connection needs from the dispatcher."""
+# What identifies a request to its generation's dispatcher: the 0.8 command code, or the
+# whole 0.9 request header (operation, code, session and the ids a reply echoes).
+RequestKey = int | RequestHeader
 
-    def payload_limit(self, conn: Connection, code: int) -> int: ...
+
+class _BadHeader(Exception):
+    def __init__(self, violation: frames09.ProtocolViolation, header: RequestHeader) -> None:
+        super().__init__(violation.detail)
+        self.violation = violation
+        self.header = header
+
+
+class Handler(Protocol):
+    """What the connection needs from one generation's dispatcher."""
+
+    def payload_limit(self, conn: Connection, key: RequestKey) -> int: ...
 
     def handle(
-        self, conn: Connection, code: int, payload: memoryview, owned: bool
+        self, conn: Connection, key: RequestKey, payload: memoryview, owned: bool
     ) -> Reply | Awaitable[Reply]: ...
+
+    def error_reply(self, key: RequestKey, status: int) -> Reply: ...
 
     def connection_made(self, conn: Connection) -> None: ...
 
@@ -68,11 +91,28 @@ class Handler(Protocol):
     def authenticated(self, conn: Connection) -> bool: ...
 
 
+def _hex(data: memoryview, limit: int = 32) -> str:
+    return bytes(data[:limit]).hex(" ")
+
+
 class Connection(asyncio.BufferedProtocol):
     def __init__(
-        self, handler: Handler, write_buffer_high_bytes: int, nodelay: bool, gate: ConnectionGate
+        self,
+        handler: Handler,
+        write_buffer_high_bytes: int,
+        nodelay: bool,
+        gate: ConnectionGate,
+        v09_handler: Handler | None = None,
     ) -> None:
+        # The 0.8 dispatcher opens and closes the session; the first bytes decide which
+        # generation's dispatcher answers requests, for the connection's lifetime.
         self._handler = handler
+        self._handlers: dict[Generation, Handler] = {Generation.V08: handler}
+        if v09_handler is not None:
+            self._handlers[Generation.V09] = v09_handler
+        self.generation: Generation | None = None
+        self._header_size = 0  # of the generation's request header; 0 until it is known
+        self._detect_timer: asyncio.TimerHandle | None = None
         self._high_bytes = write_buffer_high_bytes
         self._nodelay = nodelay
         self._gate = gate
@@ -89,7 +129,7 @@ class Connection(asyncio.BufferedProtocol):
         self._end = 0  # end of received bytes in _small
         self._big: bytearray | mmap.mmap | None = None  # payload of one large frame being received
         self._big_filled = 0
-        self._big_code = 0
+        self._big_key: RequestKey = 0
         self._busy = False  # a handler's awaitable is pending
         self._pending: asyncio.Future[None] | None = None
         self._sock_fd = -1  # for os.sendfile
@@ -138,7 +178,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         self.closed = True
         self._big = None
-        for timer in (self._request_timer, self._login_timer):
+        for timer in (self._request_timer, self._login_timer, self._detect_timer):
             if timer is not None:
                 timer.cancel()
         self._request_timer = self._login_timer = None
@@ -167,12 +207,15 @@ class Connection(asyncio.BufferedProtocol):
         # frame. Reading further would pull the next frame's payload into this buffer, and a
         # large payload would then have to be copied out of it into its own buffer.
         pending = self._end - self._start
-        want = FRAME_HEADER_SIZE - pending
-        if want <= 0:
-            payload_len = _U32.unpack_from(self._small, self._start)[0] - 4
-            want = FRAME_HEADER_SIZE + payload_len - pending
+        hsize = self._header_size
+        # Generation unknown: enough to tell (a 0.8 ping is only 8 bytes).
+        want = (hsize or frames09.GENERATION_PROBE_BYTES) - pending
+        if want <= 0 and hsize:
+            want = hsize + self._payload_len(self._small_view[self._start : self._start + hsize]) - pending
             if want <= 0:  # complete frames wait for a busy handler: take the next header
-                want = FRAME_HEADER_SIZE
+                want = hsize
+        if want <= 0:
+            want = hsize or frames09.GENERATION_PROBE_BYTES
         if self._end + want > len(self._small):
             self._compact()
         return self._small_view[self._end : min(self._end + want, len(self._small))]
@@ -182,10 +225,10 @@ class Connection(asyncio.BufferedProtocol):
         if self._big is not None:
             self._big_filled += nbytes
             if self._big_filled == len(self._big):
-                big, code = self._big, self._big_code
+                big, key = self._big, self._big_key
                 self._big = None
                 self._release_budget()  # the handler owns the buffer now
-                if not self._dispatch(code, memoryview(big), owned=True):
+                if not self._dispatch(key, memoryview(big), owned=True):
                     return
         else:
             self._end += nbytes
@@ -195,32 +238,86 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     # ---- frame parsing -----------------------------------------------------------------
+    def _payload_len(self, header: memoryview) -> int:
+        if self.generation is Generation.V09:
+            return max(int.from_bytes(header[48:52], "little") - V09_HEADER_SIZE, 0)
+        return max(_U32.unpack_from(header)[0] - 4, 0)
+
+    def _detect(self, final: bool = False) -> bool:
+        """Decide the connection's generation from its first bytes; False: not yet (or closed)."""
+        found = frames09.detect_generation(self._small_view[self._start : self._end], final=final)
+        if isinstance(found, NeedMore):
+            if self._detect_timer is None and self._end - self._start >= FRAME_HEADER_SIZE:
+                # A 0.8 header with an unknown code may be all the client sends before it
+                # waits for the answer: decide on what came if nothing more does.
+                self._detect_timer = self._loop.call_later(DETECT_WAIT_S, self._detect_final)
+            return False
+        if self._detect_timer is not None:
+            self._detect_timer.cancel()
+            self._detect_timer = None
+        if isinstance(found, Unrecognized) or found not in self._handlers:
+            reason = found.reason if isinstance(found, Unrecognized) else f"{found.value} is not served here"
+            log.warning(
+                "closing connection from %s: first bytes [%s] are neither an Iggy 0.8 frame "
+                "([u32 length >= 4][u32 known code]) nor a 0.9 request header (256 bytes, size "
+                "at 48, command 5 at 60): %s",
+                self.peer,
+                _hex(self._small_view[self._start : self._end]),
+                reason,
+            )
+            self.close()
+            return False
+        self.generation = found
+        self._handler = self._handlers[found]
+        self._header_size = V09_HEADER_SIZE if found is Generation.V09 else FRAME_HEADER_SIZE
+        return True
+
+    def _detect_final(self) -> None:
+        self._detect_timer = None
+        if not self.closed and not self._header_size and self._detect(final=True):
+            self._process()
+
+    def _parse_header(self, header: memoryview) -> tuple[int, RequestKey]:
+        if self.generation is Generation.V09:
+            request = RequestHeader.decode(header)
+            violation = frames09.check_header(request, max_frame_size=V09_MAX_FRAME_SIZE)
+            if violation is not None:
+                raise _BadHeader(violation, request)
+            return request.size - V09_HEADER_SIZE, request
+        return framing.parse_request_header(header)
+
     def _process(self) -> None:
         while not self._busy and not self.closed and not self._writing_paused:
+            if not self._header_size and not self._detect():
+                break
+            hsize = self._header_size
             available = self._end - self._start
-            if available < FRAME_HEADER_SIZE:
+            if available < hsize:
                 break
             start = self._start
+            key: RequestKey = 0
             try:
-                payload_len, code = framing.parse_request_header(
-                    self._small_view[start : start + FRAME_HEADER_SIZE]
-                )
-                limit = self._handler.payload_limit(self, code)
+                payload_len, key = self._parse_header(self._small_view[start : start + hsize])
+                limit = self._handler.payload_limit(self, key)
                 if payload_len > limit:
                     # Framing is lost for us (we will not buffer that much): say why, then close.
                     raise IggyError(Status.INVALID_SIZE_BYTES, f"payload {payload_len} > {limit}")
+            except _BadHeader as bad:
+                self._refuse_header(bad)
+                return
             except IggyError as exc:
-                self._write([framing.error_frame(exc.status)])
+                log.info("closing connection %s: %s", self.peer, exc)
+                self._write(self._handler.error_reply(key, exc.status))
                 self.close()
                 return
-            frame_end = start + FRAME_HEADER_SIZE + payload_len
+            frame_end = start + hsize + payload_len
             if frame_end <= self._end:
                 self._start = frame_end
-                payload = self._small_view[start + FRAME_HEADER_SIZE : frame_end]
-                if not self._dispatch(code, payload, owned=False):
+                payload = self._small_view[start + hsize : frame_end]
+                if not self._dispatch(key, payload, owned=False):
                     return
                 continue
-            if FRAME_HEADER_SIZE + payload_len <= len(self._small):
+            if hsize + payload_len <= len(self._small):
                 if frame_end > len(self._small):
                     self._compact()
                 break  # wait for the rest of a small frame
@@ -233,7 +330,7 @@ class Connection(asyncio.BufferedProtocol):
                     self._waiting_bytes = payload_len
                     break
                 self._reserved_bytes = payload_len
-            have = self._end - start - FRAME_HEADER_SIZE
+            have = self._end - start - hsize
             # Below LAZY_BUFFER_BYTES a bytearray (the allocator reuses these: no page faults);
             # above, anonymous memory committed page by page as bytes arrive, so a header
             # declaring a huge payload costs the server only what the client really sends.
@@ -241,15 +338,34 @@ class Connection(asyncio.BufferedProtocol):
                 bytearray(payload_len) if payload_len <= LAZY_BUFFER_BYTES else mmap.mmap(-1, payload_len)
             )
             if have:
-                big[:have] = self._small_view[start + FRAME_HEADER_SIZE : self._end]
+                big[:have] = self._small_view[start + hsize : self._end]
             self._start = self._end = 0
-            self._big, self._big_filled, self._big_code = big, have, code
+            self._big, self._big_filled, self._big_key = big, have, key
             break
         if self._start == self._end:
             self._start = self._end = 0
         self._update_reading()
         if self._request_timer is None and self._mid_frame() and not self.closed:
             self._request_timer = self._loop.call_later(self._request_timeout_s, self._check_request)
+
+    def _refuse_header(self, bad: _BadHeader) -> None:
+        """A 0.9 header the connection cannot continue after: log why, answer with the
+        eviction the reference names where the client can be told (it then fails at once
+        instead of waiting 30 s for a reply), and close."""
+        violation, header = bad.violation, bad.header
+        log.warning(
+            "closing connection %s: bad 0.9 request header (%s: %s), first bytes [%s]",
+            self.peer,
+            violation.kind.value,
+            violation.detail,
+            _hex(self._small_view[self._start : self._start + 64]),
+        )
+        reply = violation.response()
+        if reply is None and header.client != 0 and violation.action is frames09.Action.DROP:
+            reply = eviction_for(header.client, EvictionReason.INVALID_REQUEST_OPERATION).encode()
+        if reply is not None:
+            self._write([reply])
+        self.close()
 
     def _compact(self) -> None:
         remaining = self._end - self._start
@@ -330,34 +446,36 @@ class Connection(asyncio.BufferedProtocol):
         )
         self.close()
 
-    def _dispatch(self, code: int, payload: memoryview, owned: bool) -> bool:
+    def _dispatch(self, key: RequestKey, payload: memoryview, owned: bool) -> bool:
         """Runs one request. Returns False when the connection closed or parsing must wait."""
+        handler = self._handler
         try:
-            result = self._handler.handle(self, code, payload, owned)
+            result = handler.handle(self, key, payload, owned)
         except CloseConnection as exc:
             if exc.reply:
                 self._write(exc.reply)
             self.close()
             return False
         except IggyError as exc:
-            self._write([framing.error_frame(exc.status)])
+            self._write(handler.error_reply(key, exc.status))
             self._watch_login()
             return True
         except Exception:
-            log.exception("handler failed for command %d from %s", code, self.peer)
-            self._write([framing.error_frame(Status.ERROR)])
+            log.exception("handler failed for request %s from %s", key, self.peer)
+            self._write(handler.error_reply(key, Status.ERROR))
             return True
         if isinstance(result, Awaitable):
             self._busy = True
             self._update_reading()
             # Keep a reference: the loop holds tasks only weakly.
-            self._pending = asyncio.ensure_future(self._finish(code, result))
+            self._pending = asyncio.ensure_future(self._finish(key, result))
             return False
         self._write(result)
         self._watch_login()
         return True
 
-    async def _finish(self, code: int, pending: Awaitable[Reply]) -> None:
+    async def _finish(self, key: RequestKey, pending: Awaitable[Reply]) -> None:
+        handler = self._handler
         try:
             reply: Reply = await pending
         except CloseConnection as exc:
@@ -366,10 +484,10 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return
         except IggyError as exc:
-            reply = [framing.error_frame(exc.status)]
+            reply = handler.error_reply(key, exc.status)
         except Exception:
-            log.exception("handler failed for command %d from %s", code, self.peer)
-            reply = [framing.error_frame(Status.ERROR)]
+            log.exception("handler failed for request %s from %s", key, self.peer)
+            reply = handler.error_reply(key, Status.ERROR)
         self._write(reply)
         self._busy = False
         self._watch_login()

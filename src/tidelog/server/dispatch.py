@@ -19,6 +19,7 @@ import shutil
 import socket
 import zipfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import xxhash
@@ -27,7 +28,7 @@ from tidelog import auth
 from tidelog import metadata as md
 from tidelog import permissions as perm
 from tidelog.config import FsyncPolicy, render_config
-from tidelog.server.connection import CloseConnection, Connection, Reply
+from tidelog.server.connection import CloseConnection, Connection, Reply, RequestKey
 from tidelog.server.shard import PartitionKey, Session, Shard
 from tidelog.storage.io import FileRange
 from tidelog.storage.partition import Partition
@@ -46,6 +47,8 @@ from tidelog.wire.codes import (
 
 log = logging.getLogger(__name__)
 
+# A 0.9 topic option value (0.9 reference 2.8): acknowledged once on disk.
+PERSISTED = "persisted"
 SERVER_VERSION = "0.8.0"
 SERVER_SEMVER = 8000  # major * 10^6 + minor * 10^3 + patch, as the Stats record wants
 
@@ -100,6 +103,20 @@ def _when_saved(done: concurrent.futures.Future[None]) -> Awaitable[None] | None
 async def _after(saved: Awaitable[None], reply: Reply) -> Reply:
     await saved
     return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    key: PartitionKey
+    base_offset: int
+    durable: concurrent.futures.Future[None] | None  # under fsync=always: the sync to await
+
+
+@dataclass(frozen=True, slots=True)
+class Polled:
+    header: c.PollHeader
+    chunks: list[memoryview | bytes | FileRange]  # stored 0.8 messages, in offset order
+    saved: Awaitable[None] | None  # the auto-commit's sync, when the reply must wait for it
 
 
 def consumer_key(consumer: c.Consumer) -> int:
@@ -171,7 +188,8 @@ class Dispatcher:
         assert set(self.handlers) | data_plane == {int(x) for x in Command}
 
     # ---- connection.Handler ------------------------------------------------------------
-    def payload_limit(self, conn: Connection, code: int) -> int:
+    def payload_limit(self, conn: Connection, code: RequestKey) -> int:
+        assert isinstance(code, int)
         session = conn.session
         if isinstance(session, Session) and session.user_id is None:
             # Until it logs in, a client may only ping and log in, whose payloads are tiny: a
@@ -192,9 +210,13 @@ class Dispatcher:
         if isinstance(session, Session):
             self.shard.close_session(session)
 
+    def error_reply(self, key: RequestKey, status: int) -> Reply:
+        return [framing.error_frame(status)]
+
     def handle(
-        self, conn: Connection, code: int, payload: memoryview, owned: bool
+        self, conn: Connection, code: RequestKey, payload: memoryview, owned: bool
     ) -> Reply | Awaitable[Reply]:
+        assert isinstance(code, int)
         session = conn.session
         if not isinstance(session, Session):
             session = self.shard.open_session(conn, conn.peer)
@@ -254,15 +276,15 @@ class Dispatcher:
     def _stream(self, ident: int | str) -> md.StreamMeta:
         return self.md.require_stream(ident)
 
-    def _topic(self, stream_ident: int | str, topic_ident: int | str) -> md.TopicMeta:
+    def topic(self, stream_ident: int | str, topic_ident: int | str) -> md.TopicMeta:
         return self.md.require_topic(self.md.require_stream(stream_ident), topic_ident)
 
-    def _partition(self, topic: md.TopicMeta, partition_id: int) -> tuple[PartitionKey, Partition]:
+    def partition(self, topic: md.TopicMeta, partition_id: int) -> tuple[PartitionKey, Partition]:
         self.md.require_partition(topic, partition_id)
         key = (topic.stream_id, topic.id, partition_id)
         return key, self.shard.partitions[key]  # the shard opens every partition metadata names
 
-    def _stream_info(self, stream: md.StreamMeta) -> c.StreamInfo:
+    def stream_info(self, stream: md.StreamMeta) -> c.StreamInfo:
         size, count = self.shard.stream_totals(stream)
         return c.StreamInfo(
             id=stream.id,
@@ -273,7 +295,7 @@ class Dispatcher:
             name=stream.name,
         )
 
-    def _topic_info(self, topic: md.TopicMeta) -> c.TopicInfo:
+    def topic_info(self, topic: md.TopicMeta) -> c.TopicInfo:
         size, count = self.shard.topic_totals(topic)
         return c.TopicInfo(
             id=topic.id,
@@ -288,7 +310,7 @@ class Dispatcher:
             name=topic.name,
         )
 
-    def _topic_details(self, topic: md.TopicMeta) -> c.TopicDetails:
+    def topic_details(self, topic: md.TopicMeta) -> c.TopicDetails:
         parts = []
         for pid in sorted(topic.partitions):
             part = self.shard.partitions[(topic.stream_id, topic.id, pid)]
@@ -302,9 +324,9 @@ class Dispatcher:
                     messages_count=part.messages_count,
                 )
             )
-        return c.TopicDetails(topic=self._topic_info(topic), partitions=parts)
+        return c.TopicDetails(topic=self.topic_info(topic), partitions=parts)
 
-    def _user_details(self, user: md.UserMeta) -> c.UserDetails:
+    def user_details(self, user: md.UserMeta) -> c.UserDetails:
         return c.UserDetails(
             user=c.UserInfo(
                 id=user.id, created_at_us=user.created_at_us, status=user.status, username=user.username
@@ -465,21 +487,33 @@ class Dispatcher:
         return b"".join(self._client_info(s).encode() for s in self.shard.sessions.values())
 
     # ---- users -------------------------------------------------------------------------
-    def get_user(self, session: Session, req: c.GetUser) -> bytes | None:
-        user = self.md.user(req.user_id)
+    # The get_*/find_*/new_* methods return metadata, checked against the caller's rights;
+    # each generation's handler encodes it in its own layout.
+    def find_user(self, session: Session, ident: int | str) -> md.UserMeta | None:
+        user = self.md.user(ident)
         if user is None or user.id != session.user_id:
             self._require(perm.users_read(self._perms(session)))
-        return None if user is None else self._user_details(user).encode()
+        return user
 
-    def get_users(self, session: Session, req: c.GetUsers) -> bytes:
+    def list_users(self, session: Session) -> list[c.UserInfo]:
         self._require(perm.users_read(self._perms(session)))
         users = sorted(self.md.users.values(), key=lambda u: u.id)
-        return b"".join(
-            c.UserInfo(id=u.id, created_at_us=u.created_at_us, status=u.status, username=u.username).encode()
+        return [
+            c.UserInfo(id=u.id, created_at_us=u.created_at_us, status=u.status, username=u.username)
             for u in users
-        )
+        ]
+
+    def get_user(self, session: Session, req: c.GetUser) -> bytes | None:
+        user = self.find_user(session, req.user_id)
+        return None if user is None else self.user_details(user).encode()
+
+    def get_users(self, session: Session, req: c.GetUsers) -> bytes:
+        return b"".join(u.encode() for u in self.list_users(session))
 
     async def create_user(self, session: Session, req: c.CreateUser) -> bytes:
+        return self.user_details(await self.new_user(session, req)).encode()
+
+    async def new_user(self, session: Session, req: c.CreateUser) -> md.UserMeta:
         self._require(perm.users_manage(self._perms(session)))
         auth.validate_username(req.username)
         auth.validate_password(req.password)
@@ -495,7 +529,7 @@ class Dispatcher:
         )
         user = self.shard.apply(op)
         assert isinstance(user, md.UserMeta)
-        return self._user_details(user).encode()
+        return user
 
     def delete_user(self, session: Session, req: c.DeleteUser) -> None:
         self._require(perm.users_manage(self._perms(session)))
@@ -592,23 +626,34 @@ class Dispatcher:
         return c.Identity(user_id=user.id).encode()
 
     # ---- streams -----------------------------------------------------------------------
+    def find_stream(self, session: Session, ident: int | str) -> md.StreamMeta | None:
+        stream = self.md.stream(ident)
+        if stream is not None:
+            self._require(perm.stream_read(self._perms(session), stream.id))
+        return stream
+
+    def list_streams(self, session: Session) -> list[md.StreamMeta]:
+        self._require(perm.streams_read(self._perms(session)))
+        return [s for _, s in sorted(self.md.streams.items())]
+
+    def new_stream(self, session: Session, name: str) -> md.StreamMeta:
+        self._require(perm.streams_manage(self._perms(session)))
+        stream = self.shard.apply(md.CreateStream(name=name, created_at_us=self.shard.clock_us()))
+        assert isinstance(stream, md.StreamMeta)
+        return stream
+
     def get_stream(self, session: Session, req: c.GetStream) -> bytes | None:
-        stream = self.md.stream(req.stream_id)
+        stream = self.find_stream(session, req.stream_id)
         if stream is None:
             return None
-        self._require(perm.stream_read(self._perms(session), stream.id))
-        topics = [self._topic_info(t) for _, t in sorted(stream.topics.items())]
-        return c.StreamDetails(stream=self._stream_info(stream), topics=topics).encode()
+        topics = [self.topic_info(t) for _, t in sorted(stream.topics.items())]
+        return c.StreamDetails(stream=self.stream_info(stream), topics=topics).encode()
 
     def get_streams(self, session: Session, req: c.GetStreams) -> bytes:
-        self._require(perm.streams_read(self._perms(session)))
-        return b"".join(self._stream_info(s).encode() for _, s in sorted(self.md.streams.items()))
+        return b"".join(self.stream_info(s).encode() for s in self.list_streams(session))
 
     def create_stream(self, session: Session, req: c.CreateStream) -> bytes:
-        self._require(perm.streams_manage(self._perms(session)))
-        stream = self.shard.apply(md.CreateStream(name=req.name, created_at_us=self.shard.clock_us()))
-        assert isinstance(stream, md.StreamMeta)
-        return self._stream_info(stream).encode()
+        return self.stream_info(self.new_stream(session, req.name)).encode()
 
     def delete_stream(self, session: Session, req: c.DeleteStream) -> None:
         stream = self._stream(req.stream_id)
@@ -630,49 +675,66 @@ class Dispatcher:
                 part.purge()
 
     # ---- topics ------------------------------------------------------------------------
-    def get_topic(self, session: Session, req: c.GetTopic) -> bytes | None:
-        stream = self.md.stream(req.stream_id)
-        topic = None if stream is None else self.md.topic(stream, req.topic_id)
-        if stream is None or topic is None:
-            return None
-        self._require(perm.topic_read(self._perms(session), stream.id, topic.id))
-        return self._topic_details(topic).encode()
+    def find_topic(
+        self, session: Session, stream_ident: int | str, topic_ident: int | str
+    ) -> md.TopicMeta | None:
+        stream = self.md.stream(stream_ident)
+        topic = None if stream is None else self.md.topic(stream, topic_ident)
+        if topic is not None:
+            self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
+        return topic
 
-    def get_topics(self, session: Session, req: c.GetTopics) -> bytes | None:
-        stream = self.md.stream(req.stream_id)
+    def list_topics(self, session: Session, stream_ident: int | str) -> list[md.TopicMeta] | None:
+        stream = self.md.stream(stream_ident)
         if stream is None:
             return None
         self._require(perm.topics_read(self._perms(session), stream.id))
-        return b"".join(self._topic_info(t).encode() for _, t in sorted(stream.topics.items()))
+        return [t for _, t in sorted(stream.topics.items())]
 
-    def create_topic(self, session: Session, req: c.CreateTopic) -> bytes:
-        stream = self._stream(req.stream_id)
+    def new_topic(
+        self, session: Session, stream_ident: int | str, make: Callable[[int], md.CreateTopic]
+    ) -> md.TopicMeta:
+        """Create the topic `make(stream_id)` describes, and its partitions' files."""
+        stream = self._stream(stream_ident)
         self._require(perm.topic_create(self._perms(session), stream.id))
-        op = md.CreateTopic(
-            stream_id=stream.id,
-            name=req.name,
-            partitions_count=req.partitions_count,
-            compression_algorithm=req.compression_algorithm,
-            message_expiry=req.message_expiry,
-            max_topic_size=req.max_topic_size,
-            replication_factor=req.replication_factor,
-            created_at_us=self.shard.clock_us(),
-        )
-        topic = self.shard.apply(op)
+        topic = self.shard.apply(make(stream.id))
         assert isinstance(topic, md.TopicMeta)
         for pid in sorted(topic.partitions):
             self.shard.create_partition((stream.id, topic.id, pid))
-        return self._topic_details(topic).encode()
+        return topic
+
+    def get_topic(self, session: Session, req: c.GetTopic) -> bytes | None:
+        topic = self.find_topic(session, req.stream_id, req.topic_id)
+        return None if topic is None else self.topic_details(topic).encode()
+
+    def get_topics(self, session: Session, req: c.GetTopics) -> bytes | None:
+        topics = self.list_topics(session, req.stream_id)
+        return None if topics is None else b"".join(self.topic_info(t).encode() for t in topics)
+
+    def create_topic(self, session: Session, req: c.CreateTopic) -> bytes:
+        def make(stream_id: int) -> md.CreateTopic:
+            return md.CreateTopic(
+                stream_id=stream_id,
+                name=req.name,
+                partitions_count=req.partitions_count,
+                compression_algorithm=req.compression_algorithm,
+                message_expiry=req.message_expiry,
+                max_topic_size=req.max_topic_size,
+                replication_factor=req.replication_factor,
+                created_at_us=self.shard.clock_us(),
+            )
+
+        return self.topic_details(self.new_topic(session, req.stream_id, make)).encode()
 
     def delete_topic(self, session: Session, req: c.DeleteTopic) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         pids = sorted(topic.partitions)
         self.shard.apply(md.DeleteTopic(stream_id=topic.stream_id, topic_id=topic.id))
         self.shard.drop_topic(topic.stream_id, topic.id, pids)
 
     def update_topic(self, session: Session, req: c.UpdateTopic) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         self.shard.apply(
             md.UpdateTopic(
@@ -687,14 +749,14 @@ class Dispatcher:
         )
 
     def purge_topic(self, session: Session, req: c.PurgeTopic) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         for part in self.shard.topic_partitions(topic):
             part.purge()
 
     # ---- partitions and segments -------------------------------------------------------
     def create_partitions(self, session: Session, req: c.CreatePartitions) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         before = set(topic.partitions)
         self.shard.apply(
@@ -709,7 +771,7 @@ class Dispatcher:
             self.shard.create_partition((topic.stream_id, topic.id, pid))
 
     def delete_partitions(self, session: Session, req: c.DeletePartitions) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
         before = set(topic.partitions)
         self.shard.apply(
@@ -719,9 +781,9 @@ class Dispatcher:
             self.shard.drop_partition((topic.stream_id, topic.id, pid))
 
     def delete_segments(self, session: Session, req: c.DeleteSegments) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_manage(self._perms(session), topic.stream_id, topic.id))
-        _, part = self._partition(topic, req.partition_id)
+        _, part = self.partition(topic, req.partition_id)
         part.delete_segments(req.segments_count)
 
     # ---- consumer groups ---------------------------------------------------------------
@@ -744,7 +806,7 @@ class Dispatcher:
         return b"".join(self._group_info(g).encode() for _, g in sorted(topic.groups.items()))
 
     def create_consumer_group(self, session: Session, req: c.CreateConsumerGroup) -> bytes:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.shard.apply(
             md.CreateConsumerGroup(stream_id=topic.stream_id, topic_id=topic.id, name=req.name)
@@ -753,7 +815,7 @@ class Dispatcher:
         return self._group_info(group).encode()
 
     def delete_consumer_group(self, session: Session, req: c.DeleteConsumerGroup) -> Awaitable[None] | None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
         self.shard.apply(
@@ -781,13 +843,13 @@ class Dispatcher:
                 log.error("group %d deleted, but not its stored offset: %s", group_id, exc)
 
     def join_consumer_group(self, session: Session, req: c.JoinConsumerGroup) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
         self.md.join_group(topic, group.id, session.client_id)
 
     def leave_consumer_group(self, session: Session, req: c.LeaveConsumerGroup) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
         self.md.leave_group(topic, group.id, session.client_id)
@@ -799,7 +861,7 @@ class Dispatcher:
     ) -> tuple[Partition, int, int]:
         """Resolves (partition, kind, consumer key) for store/delete (section 3.7)."""
         if consumer.kind == 1:
-            _, part = self._partition(topic, 0 if partition_id is None else partition_id)
+            _, part = self.partition(topic, 0 if partition_id is None else partition_id)
             return part, 1, consumer_key(consumer)
         group = self.md.require_group(topic, consumer.id)
         member = self.md.member_of(group, session.client_id)
@@ -814,7 +876,7 @@ class Dispatcher:
             partition_id = current
         elif partition_id not in member.partitions:
             raise IggyError(Status.NOT_RESOLVED_CONSUMER)
-        _, part = self._partition(topic, partition_id)
+        _, part = self.partition(topic, partition_id)
         return part, 2, group.id
 
     def get_consumer_offset(self, session: Session, req: c.GetConsumerOffset) -> bytes | None:
@@ -840,16 +902,25 @@ class Dispatcher:
         ).encode()
 
     def store_consumer_offset(self, session: Session, req: c.StoreConsumerOffset) -> Awaitable[None] | None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
-        return _when_saved(part.store_offset(kind, key, req.offset))
+        return self._offset_saved(topic, part, part.store_offset(kind, key, req.offset))
 
     def delete_consumer_offset(self, session: Session, req: c.DeleteConsumerOffset) -> Awaitable[None] | None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         part, kind, key = self._offset_target(session, req.consumer, topic, req.partition_id)
-        return _when_saved(part.delete_offset(kind, key))
+        return self._offset_saved(topic, part, part.delete_offset(kind, key))
+
+    def _offset_saved(
+        self, topic: md.TopicMeta, part: Partition, done: concurrent.futures.Future[None]
+    ) -> Awaitable[None] | None:
+        saved = _when_saved(done)
+        if saved is None and topic.consumer_offset_durability == PERSISTED and not self.fsync_always:
+            # consumer_offset_durability=persisted: the change is synced before the reply.
+            return asyncio.wrap_future(part.offsets.sync())
+        return saved
 
     # ---- messages ----------------------------------------------------------------------
     def send_messages(
@@ -864,18 +935,33 @@ class Dispatcher:
             # buffer would be overwritten by the next request.
             messages = memoryview(bytearray(messages))
         batch = wbatch.parse_send_batch(index, messages, header.messages_count)
-        topic = self._topic(header.stream_id, header.topic_id)
+        return self.append(session, header.stream_id, header.topic_id, header.partitioning, batch).durable
+
+    def append(
+        self,
+        session: Session,
+        stream_ident: int | str,
+        topic_ident: int | str,
+        partitioning: c.Partitioning,
+        batch: wbatch.Batch,
+    ) -> Appended:
+        """Append a validated batch to the partition `partitioning` picks."""
+        topic = self.topic(stream_ident, topic_ident)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
-        pid = self._choose_partition(topic, header.partitioning)
-        key, part = self._partition(topic, pid)
+        pid = self._choose_partition(topic, partitioning)
+        key, part = self.partition(topic, pid)
+        durable = None
         try:
-            part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
-            if self.fsync_always:
-                return part.flush_async(fsync=True)
+            last = part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
+            # A 0.9 topic created with durability=persisted syncs every send, whatever the
+            # server's policy (docs/v09-notes.md, "Topic durability").
+            if self.fsync_always or topic.durability == PERSISTED:
+                durable = part.flush_async(fsync=True)
         except OSError as exc:  # a write failed: the partition refuses more until a retry succeeds
             raise IggyError(Status.CANNOT_SAVE_MESSAGES, str(exc)) from exc
-        self.shard.mark_written(key)
-        return None
+        if durable is None:
+            self.shard.mark_written(key)
+        return Appended(key, last - batch.count + 1, durable)
 
     def _choose_partition(self, topic: md.TopicMeta, partitioning: c.Partitioning) -> int:
         count = len(topic.partitions)
@@ -892,9 +978,9 @@ class Dispatcher:
         return xxhash.xxh32_intdigest(bytes(partitioning.value)) % count
 
     async def flush_unsaved_buffer(self, session: Session, req: c.FlushUnsavedBuffer) -> None:
-        topic = self._topic(req.stream_id, req.topic_id)
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
-        key, part = self._partition(topic, req.partition_id)
+        key, part = self.partition(topic, req.partition_id)
         if not req.fsync:
             self.shard.mark_written(key)
         try:
@@ -905,7 +991,17 @@ class Dispatcher:
             await asyncio.wrap_future(part.offsets.sync())
 
     def poll_messages(self, session: Session, req: c.PollMessages) -> Reply | Awaitable[Reply]:
-        topic = self._topic(req.stream_id, req.topic_id)
+        polled = self.poll(session, req, file_ranges=True)
+        reply = self._poll_reply(polled.header, polled.chunks)
+        return reply if polled.saved is None else _after(polled.saved, reply)
+
+    def poll(
+        self, session: Session, req: c.PollMessages, file_ranges: bool, stale_partition_id: int = 0
+    ) -> Polled:
+        """The messages a poll answers with, as stored (0.8 messages), and the auto-commit
+        to wait for before replying. A group member asking for a partition it does not own
+        gets an empty answer naming `stale_partition_id`."""
+        topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         consumer = req.consumer
         if consumer.kind == 1:
@@ -922,23 +1018,21 @@ class Dispatcher:
             else:
                 chosen = req.partition_id if req.partition_id in member.partitions else None
             if chosen is None:
-                return self._poll_reply(c.PollHeader(0, 0, 0), [])
+                return Polled(c.PollHeader(stale_partition_id, 0, 0), [], None)
             pid = chosen
             session.group_partition[(topic.stream_id, topic.id, group.id)] = pid
-        _, part = self._partition(topic, pid)
+        _, part = self.partition(topic, pid)
         start = self._poll_start(part, req, kind, ckey)
         if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
-            return self._poll_reply(c.PollHeader(pid, part.current_offset, 0), [])
+            return Polled(c.PollHeader(pid, part.current_offset, 0), [], None)
         # Under `always` an auto-commit is synced before the reply, so the reply may wait: file
         # ranges are valid only until the next mutation, so it then carries bytes.
         deferred = req.auto_commit and self.fsync_always
-        result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=not deferred)
-        reply = self._poll_reply(c.PollHeader(pid, part.current_offset, result.count), result.chunks)
+        result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=file_ranges and not deferred)
+        saved = None
         if req.auto_commit and result.count:
             saved = _when_saved(part.store_offset(kind, ckey, result.first_offset + result.count - 1))
-            if saved is not None:
-                return _after(saved, reply)
-        return reply
+        return Polled(c.PollHeader(pid, part.current_offset, result.count), result.chunks, saved)
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind

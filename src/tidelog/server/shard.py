@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -94,6 +95,12 @@ class Session:
     # Per consumer group (stream, topic, group): the partition this member last polled, which
     # a group offset store without an explicit partition refers to (section 3.7).
     group_partition: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    # 0.9 generation (protocol 0.9 section 1.7): the session number a Register bound to this
+    # connection, the reply that Register got (replayed on a repeated Register), and the last
+    # metadata reply by (client id, request number), replayed to a duplicate request.
+    vsr_session: int | None = None
+    vsr_login_reply: bytes | None = None
+    vsr_last_reply: tuple[int, int, int, bytes] | None = None  # client, request, status, body
 
     @property
     def wire_user_id(self) -> int:
@@ -349,11 +356,27 @@ class Shard:
             report.problems.append(message)
         return dest
 
+    def topic_partition_config(self, stream_id: int, topic_id: int) -> PartitionConfig:
+        """The server's partition settings with the topic's own (0.9 topic options) in place."""
+        stream = self.metadata.streams.get(stream_id)
+        topic = None if stream is None else stream.topics.get(topic_id)
+        config = self.partition_config
+        if topic is None:
+            return config
+        if not (topic.segment_size_bytes or topic.flush_messages or topic.flush_bytes):
+            return config
+        return dataclasses.replace(
+            config,
+            segment_size_bytes=topic.segment_size_bytes or config.segment_size_bytes,
+            flush_messages=topic.flush_messages or config.flush_messages,
+            flush_bytes=topic.flush_bytes or config.flush_bytes,
+        )
+
     def open_partition(self, key: PartitionKey) -> Partition:
         part = Partition.open(
             self.partition_dir(key),
             key[2],
-            self.partition_config,
+            self.topic_partition_config(key[0], key[1]),
             io=self.io,
             writer=self.writer,
             index_cache=self.index_cache,

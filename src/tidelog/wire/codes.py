@@ -162,7 +162,8 @@ class IggyError(Exception):
     into an error frame and keeps the connection.
     """
 
-    def __init__(self, status: Status, detail: str = "") -> None:
+    # Either generation's code enum: 0.9 adds codes 0.8 does not have (wire/v09/codes.py).
+    def __init__(self, status: IntEnum, detail: str = "") -> None:
         super().__init__(f"{status.name} ({int(status)}){': ' + detail if detail else ''}")
         self.status = status
         self.detail = detail

@@ -72,6 +72,9 @@ class Unrecognized:
 
 _CLASSIC_HEADER = 8  # a 0.8 request header; also the shortest frame either client sends
 _V09_PROBE = COMMAND_OFFSET + 1  # bytes needed to see size (48..52) and command (60)
+# What a connection reads before its generation is known: enough for either rule, and no
+# more than a 0.9 header, so a first 0.9 frame's body still gets its own buffer.
+GENERATION_PROBE_BYTES = _V09_PROBE
 _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"PRI ")
 
 
