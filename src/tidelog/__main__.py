@@ -65,6 +65,13 @@ async def _serve(config: Config) -> int:
         + ("; created root user" if report.root_created else ""),
         flush=True,
     )
+    # The store's format did not change with the 0.9 generation (docs/v09-notes.md): nothing
+    # is rewritten, and this line says so rather than leaving it to be guessed.
+    print(
+        "tidelog upgrade: none needed: segments keep their format (0.8 messages), which both "
+        "protocol generations read; 0.9 batches are converted whole at the edge",
+        flush=True,
+    )
     for problem in report.problems:
         print(f"tidelog recovery: {problem}", flush=True)
     for path in report.quarantined:

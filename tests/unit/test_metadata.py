@@ -613,6 +613,39 @@ def test_op_from_json_given_bad_record_when_decoded_should_raise_value_error() -
         op_from_json({"type": "DeleteStream", "stream_id": [1]})
 
 
+def test_op_from_json_given_create_topic_logged_before_09_fields_when_decoded_should_default_them() -> None:
+    # A metadata log written before the 0.9 topic settings existed (the upgrade path).
+    old = {
+        "type": "CreateTopic",
+        "stream_id": 0,
+        "name": "t",
+        "partitions_count": 2,
+        "compression_algorithm": 1,
+        "message_expiry": 0,
+        "max_topic_size": 0,
+        "replication_factor": 1,
+        "created_at_us": NOW_US,
+    }
+    op = op_from_json(old)
+    assert isinstance(op, CreateTopic)
+    assert (op.options_hex, op.durability, op.segment_size_bytes, op.flush_messages) == ("", "", 0, 0)
+    with pytest.raises(ValueError):  # a required field is still required
+        op_from_json({k: v for k, v in old.items() if k != "name"})
+
+
+def test_from_snapshot_given_topic_without_09_fields_when_loaded_should_default_them() -> None:
+    md = Metadata(DEFAULTS)
+    md.apply(CreateStream("s", NOW_US))
+    md.apply(CreateTopic(0, "t", 1, 1, 0, 0, 1, NOW_US, durability="persisted", segment_size_bytes=1 << 20))
+    snap = md.to_snapshot()
+    assert Metadata.from_snapshot(json.loads(json.dumps(snap)), DEFAULTS).to_snapshot() == snap
+    for topic in snap["streams"][0]["topics"]:
+        for key in ("options_hex", "durability", "consumer_offset_durability", "segment_size_bytes"):
+            del topic[key]
+    loaded = Metadata.from_snapshot(snap, DEFAULTS).streams[0].topics[0]
+    assert (loaded.durability, loaded.segment_size_bytes) == ("", 0)
+
+
 def test_defaults_given_inconsistent_values_when_built_should_raise() -> None:
     with pytest.raises(ValueError):
         MetadataDefaults(segment_size_bytes=0)

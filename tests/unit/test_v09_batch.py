@@ -628,3 +628,32 @@ def test_batch09_given_parsed_batch_when_header_written_should_write_through() -
     batch.header()["partition_id"] = 9
 
     assert struct.unpack_from("<Q", batch.buf, 0)[0] == 9 == batch.partition_id
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 300), st.integers(8, 200)), min_size=1, max_size=20),
+    st.binary(min_size=600),
+)
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_frame_digests_given_native_kernel_when_hashing_spans_should_equal_reference(
+    spans: list[tuple[int, int]], data: bytes
+) -> None:
+    if batch_module._native is None:
+        pytest.skip("C kernel not built")
+    starts = np.array([s for s, _ in spans], dtype=np.int64)
+    ends = np.minimum(starts + np.array([n for _, n in spans], dtype=np.int64), len(data))
+    keep = ends - starts >= 8
+    starts, ends = starts[keep], ends[keep]
+    view = memoryview(data)
+    native = batch_module._frame_digests(view, starts, ends)
+    assert native.tolist() == batch_module._frame_digests_reference(view, starts, ends).tolist()
+    assert native.tolist() == [
+        xxhash.xxh3_64_intdigest(data[s + 8 : e]) for s, e in zip(starts, ends, strict=True)
+    ]
+
+
+def test_frame_digests_given_span_past_the_buffer_when_hashed_natively_should_raise() -> None:
+    if batch_module._native is None:
+        pytest.skip("C kernel not built")
+    with pytest.raises(ValueError):
+        batch_module._frame_digests(memoryview(b"x" * 64), np.array([0]), np.array([65]))
