@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import ServerProcess
-from tidelog.bench.actors import ActorKind, ActorSpec
+from tidelog.bench.actors import (
+    ActorKind,
+    ActorSpec,
+    LeanWire09,
+    Protocol,
+    build_poll_frame,
+    build_send_frame,
+    open_wire,
+)
 from tidelog.bench.ceilings import measure_ceilings
 from tidelog.bench.cli import parse_size_bytes
 from tidelog.bench.report import PNG_SIGNATURE, build_report, write_report
@@ -24,6 +34,13 @@ from tidelog.bench.runner import (
     run_benchmark,
     run_phase,
 )
+from tidelog.client import IggyClient
+from tidelog.wire.codes import Status
+from tidelog.wire.commands import Consumer, ConsumerKind, Partitioning
+from tidelog.wire.v09.batch import parse_batch
+from tidelog.wire.v09.bodies import SendMessages09Header
+from tidelog.wire.v09.codes import Operation
+from tidelog.wire.v09.header import HEADER_SIZE, RequestHeader
 
 BATCHES = 20
 PER_BATCH = 10
@@ -55,6 +72,7 @@ def _run(server: ServerProcess, out: Path, mode: BenchMode, **extra: Any) -> dic
     for png in paths[1:]:
         assert png.read_bytes()[:8] == PNG_SIGNATURE
     loaded: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert loaded["params"]["protocol"] == params.protocol.value
     return loaded
 
 
@@ -66,8 +84,9 @@ def _actors(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [m["summary"] for m in report["individual_metrics"] if m["summary"]["actor_kind"] == kind]
 
 
+@pytest.mark.parametrize("protocol", list(Protocol))
 def test_bench_given_live_server_when_each_mode_runs_should_write_consistent_report_and_charts(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path, protocol: Protocol
 ) -> None:
     produced = BATCHES * PER_BATCH * 2  # two producers (or two prefill writers)
     cases: list[tuple[BenchMode, dict[str, Any]]] = [
@@ -83,11 +102,13 @@ def test_bench_given_live_server_when_each_mode_runs_should_write_consistent_rep
         (BenchMode.END_TO_END, {"producers": 2}),
     ]
     for mode, extra in cases:
-        report = _run(server, tmp_path / mode.value, mode, **extra)
+        report = _run(server, tmp_path / mode.value, mode, protocol=protocol, **extra)
         assert report.keys() >= REQUIRED_KEYS, mode
+        assert report["params"]["protocol"] == protocol.value
         assert report["params"]["benchmark_kind"] == mode.value
         assert report["params"]["bench_command"] == f"tidelog bench {mode.value}"
         assert report["hardware"]["cpu_cores"] >= 1
+        # Earlier runs (the other protocol, earlier modes) leave their messages on the server.
         assert report["server_stats"]["messages_count"] >= produced
         groups = _groups(report)
         if mode.has_producers:
@@ -144,10 +165,12 @@ def test_bench_given_warmup_and_rate_limit_when_producing_should_exclude_warmup_
     assert producers["total_throughput_megabytes_per_second"] * 1e6 < rate * 1.25
 
 
+@pytest.mark.parametrize("protocol", list(Protocol))
 def test_bench_given_wrong_password_when_phase_runs_should_fail_without_hanging(
-    server: ServerProcess,
+    server: ServerProcess, protocol: Protocol
 ) -> None:
     spec = ActorSpec(
+        protocol=protocol,
         kind=ActorKind.PRODUCER,
         actor_id=1,
         slot=0,
@@ -199,6 +222,7 @@ def test_bench_cli_given_live_server_when_run_as_subcommand_should_exit_zero_and
     assert "Producing Consumer Results" in done.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["params"]["remark"] == "fsync=interval"
+    assert report["params"]["protocol"] == "0.9"  # the default: the current generation
     assert report["params"]["message_size"] == 1000
     assert "--remark fsync=interval" in report["params"]["bench_command"]
 
@@ -237,3 +261,60 @@ def test_parse_size_bytes_given_units_should_follow_decimal_and_binary_prefixes(
     assert parse_size_bytes("1.5 kb") == 1500
     with pytest.raises(ValueError, match="invalid size"):
         parse_size_bytes("lots")
+
+
+def test_bench_09_frames_given_template_when_renumbered_should_stay_a_valid_send_with_new_number() -> None:
+    wire = LeanWire09()
+    wire.session = 77
+    frame = build_send_frame(wire, 3, 4, Partitioning.partition_id(0), 5, b"x" * 100)
+    first = RequestHeader.decode(frame)
+    assert first.operation == Operation.SEND_MESSAGES and first.session == 77
+    assert first.size == len(frame) and first.request == 0  # stamped before each send
+    body = memoryview(frame)[HEADER_SIZE:]
+    meta = SendMessages09Header.decode(body)
+    batch = parse_batch(body[meta.batch_offset :], meta.messages_count)  # checksums verified
+    assert batch.count == 5 and batch.payload(4) == b"x" * 100
+    before = bytes(frame)
+    wire.renumber(frame)
+    assert RequestHeader.decode(frame).request == 1
+    # Only the request number (u64 at 168) changed: the body is resent byte for byte.
+    assert [i for i in range(len(frame)) if frame[i] != before[i]] == [168]
+
+
+def test_bench_09_wire_given_live_server_when_sending_and_polling_should_count_the_messages(
+    server: ServerProcess,
+) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        client = await IggyClient.connect(server.address, username="iggy", password="iggy")
+        stream = await client.create_stream("bench-09-wire")
+        topic = await client.create_topic(stream.id, "t", 1)
+        await client.close()
+        wire = await open_wire(server.address, "iggy", "iggy", Protocol.V09)
+        assert isinstance(wire, LeanWire09) and wire.session != 0
+        frame = build_send_frame(wire, stream.id, topic.topic.id, Partitioning.partition_id(0), 7, b"p" * 50)
+        for _ in range(3):
+            wire.renumber(frame)
+            assert await wire.call(frame) == Status.OK
+        poll = build_poll_frame(wire, Consumer(ConsumerKind.CONSUMER, 1), stream.id, topic.topic.id, 0, 100)
+        assert await wire.call(poll.frame) == Status.OK
+        partition, _current, count = struct.unpack_from("<IQI", wire.reply)
+        wire.close()
+        return partition, count, wire.request_number
+
+    partition, count, requests = asyncio.run(scenario())
+    assert (partition, count) == (0, 21)
+    assert requests == 3  # one per send, none taken by the template
+
+
+def test_bench_cli_given_protocol_option_should_reach_the_params_and_refuse_unknown() -> None:
+    import argparse
+
+    from tidelog.bench.cli import add_bench_parser, params_from_args
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "pp", "--protocol", "0.8"])
+    assert params_from_args(args, ["tidelog"]).protocol is Protocol.V08
+    assert params_from_args(parser.parse_args(["bench", "pp"]), ["tidelog"]).protocol is Protocol.V09
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "pp", "--protocol", "0.7"])

@@ -7,6 +7,12 @@ barrier and written unchanged for every batch; the poll frame is encoded once an
 (and partition) fields are patched in place. So the hot loops do no per-message Python work,
 and the client side stays far from being the bottleneck.
 
+Both generations are spoken: 0.9 (VSR framing, the default) and 0.8 (classic framing). The
+wire class owns the difference (header size, reply header parsing, request numbers, login),
+and every loop below runs unchanged over either. A 0.9 send frame is a batch built once
+(checksums valid, so the server accepts it unchanged every time) whose only per-send change
+is the header's request number.
+
 Timing uses ``time.perf_counter_ns`` (CLOCK_MONOTONIC on Linux, shared by all processes), so
 windows of different actors line up. Latency is recorded per batch in microseconds; batches
 that *start* inside the warm-up window count towards the totals but not towards metrics.
@@ -20,12 +26,13 @@ import socket
 import struct
 import time
 import traceback
+import uuid
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from multiprocessing.sharedctypes import Synchronized
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tidelog.wire.codes import (
     FRAME_HEADER_SIZE,
@@ -46,6 +53,28 @@ from tidelog.wire.commands import (
     encode_send_messages,
 )
 from tidelog.wire.framing import encode_request
+from tidelog.wire.v09 import frames as f09
+from tidelog.wire.v09.batch import build_batch
+from tidelog.wire.v09.bodies import SyncConsumerGroup, decode_sync_group09, encode_send_messages09
+from tidelog.wire.v09.codes import (
+    PROTOCOL_VERSION,
+    CommandCode,
+    EvictionReason,
+    Operation,
+    ReplyFraming,
+    Status09,
+    VsrCommand,
+    operation_for_code,
+    reply_framing,
+)
+from tidelog.wire.v09.header import (
+    COMMAND_OFFSET,
+    HEADER_SIZE,
+    REPLY_OFFSETS,
+    REQUEST_OFFSETS,
+    SIZE_OFFSET,
+    request_header_for,
+)
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
@@ -63,6 +92,17 @@ _POLL_PARTITION_IN_TAIL = 1
 _POLL_VALUE_IN_TAIL = 6
 assert _POLL_TAIL_SIZE == 19 and POLL_REPLY_HEADER_SIZE == _POLL_COUNT_AT + 4
 
+_REQUEST_NUMBER_AT = REQUEST_OFFSETS["request"]
+_REPLY_STATUS_AT = REPLY_OFFSETS["status"]
+# Section 4.5: a group poll answers this partition id when the member's assignment is stale.
+_STALE_ASSIGNMENT = 0xFFFFFFFF
+# What the bench says it is at login (section 3.2): the SDK generation it speaks.
+_SDK_VERSION = f09.ClientVersionInfo(PROTOCOL_VERSION, "tidelog-bench", "0.11.0")
+EVICTED = -1
+"""Status a 0.9 wire reports for an eviction frame (the reason is in ``eviction_reason``)."""
+BAD_REPLY = -2
+"""Status for a reply frame the SDK would refuse; the connection is closed."""
+
 _INITIAL_REPLY_BYTES = 1 << 20
 # Empty polls back off from 100 µs up to 5 ms: short enough not to distort tail latency of a
 # consumer chasing a producer, long enough not to burn a shared core spinning.
@@ -75,6 +115,13 @@ BARRIER_TIMEOUT_S = 60.0
 """How long anyone waits at the start barrier for the slowest process to connect."""
 LATENCY_MAX_US = 3_600_000_000
 """Highest latency the histograms track (one hour): anything longer is a hung run."""
+
+
+class Protocol(StrEnum):
+    """The Iggy generation the actors speak on the measured connections."""
+
+    V09 = "0.9"
+    V08 = "0.8"
 
 
 class ActorKind(StrEnum):
@@ -92,11 +139,22 @@ class BenchWireError(RuntimeError):
 
 
 class LeanWire(asyncio.BufferedProtocol):
-    """One request in flight; each reply lands in one reusable buffer (``self.reply``)."""
+    """One request in flight; each reply lands in one reusable buffer (``self.reply``).
+
+    This class speaks 0.8 (8-byte reply header ``status, length``); :class:`LeanWire09`
+    overrides the framing hooks (``header_size``, ``_parse_header``, ``request``,
+    ``renumber``, ``result``, ``login``) for 0.9.
+    """
+
+    protocol: ClassVar[Protocol] = Protocol.V08
+    header_size: ClassVar[int] = FRAME_HEADER_SIZE
+    """Bytes of a request header, which is also where a request body starts."""
+    renumbers: ClassVar[bool] = False
+    """Whether a resent SendMessages frame must go through :meth:`renumber` first."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._header = bytearray(FRAME_HEADER_SIZE)
+        self._header = bytearray(self.header_size)
         self._header_view = memoryview(self._header)
         self.reply = bytearray(_INITIAL_REPLY_BYTES)
         self._reply_view = memoryview(self.reply)
@@ -130,12 +188,11 @@ class LeanWire(asyncio.BufferedProtocol):
                 self._filled = 0
                 self._complete(self._status)
             return
-        if self._filled < FRAME_HEADER_SIZE:
+        if self._filled < self.header_size:
             return
         self._filled = 0
-        status, length = _FRAME_HEADER.unpack_from(self._header)
-        # A length of 0 or 1 means "no payload" (the SDK's rule; one byte is never sent).
-        if length <= 1:
+        status, length = self._parse_header()
+        if length == 0:
             self.reply_length = 0
             self._complete(status)
             return
@@ -146,6 +203,12 @@ class LeanWire(asyncio.BufferedProtocol):
         self._status = status
         self._want = length
         self._in_payload = True
+
+    def _parse_header(self) -> tuple[int, int]:
+        """(status, payload bytes) of the reply header just received."""
+        status, length = _FRAME_HEADER.unpack_from(self._header)
+        # A length of 0 or 1 means "no payload" (the SDK's rule; one byte is never sent).
+        return status, 0 if length <= 1 else length
 
     def _complete(self, status: int) -> None:
         waiter = self._waiter
@@ -174,12 +237,131 @@ class LeanWire(asyncio.BufferedProtocol):
     async def call_ok(self, frame: bytes | bytearray, what: str) -> memoryview:
         status = await self.call(frame)
         if status != Status.OK:
-            raise BenchWireError(f"{what} failed with status {status} ({_status_name(status)})")
+            raise self.failure(what, status)
         return self._reply_view[: self.reply_length]
+
+    def failure(self, what: str, status: int) -> BenchWireError:
+        return BenchWireError(f"{what} failed with status {status} ({_status_name(status)})")
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    # ---- framing hooks (0.8) -----------------------------------------------------------
+    def request(self, code: CommandCode, body: bytes) -> bytearray:
+        """A whole request frame for ``code``."""
+        return bytearray(encode_request(Command(int(code)), body))
+
+    def template(self, code: CommandCode, body: bytes) -> bytearray:
+        """A frame to be sent many times, each time after :meth:`renumber`."""
+        return self.request(code, body)
+
+    def renumber(self, frame: bytearray) -> None:
+        """Prepare a :meth:`template` frame for its next send (0.8 frames carry no number)."""
+
+    def result(self, code: CommandCode, payload: memoryview) -> memoryview:
+        """The reply payload of a successful ``code`` (0.8: the payload as is)."""
+        return payload
+
+    async def request_ok(self, code: CommandCode, body: bytes) -> memoryview:
+        """Send one ``code`` request and return its payload; raises on any refusal."""
+        return self.result(code, await self.call_ok(self.request(code, body), code.name))
+
+    async def login(self, username: str, password: str) -> None:
+        await self.request_ok(CommandCode.LOGIN_USER, LoginUser(username, password).encode())
+
+
+class LeanWire09(LeanWire):
+    """The 0.9 framing (sections 1.2-1.7 of the 0.9 reference): 256-byte headers, the
+    session and request number of a VSR client, result sections and evictions."""
+
+    protocol: ClassVar[Protocol] = Protocol.V09
+    header_size: ClassVar[int] = HEADER_SIZE
+    renumbers: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = uuid.uuid4().int or 1  # a VSR client id is a non-zero u128
+        self.session = 0
+        self.request_number = 0
+        self.eviction_reason: int | None = None
+
+    def _parse_header(self) -> tuple[int, int]:
+        header = self._header
+        size = _U32.unpack_from(header, SIZE_OFFSET)[0]
+        command = header[COMMAND_OFFSET]
+        if command == VsrCommand.REPLY and size >= HEADER_SIZE:
+            return _U32.unpack_from(header, _REPLY_STATUS_AT)[0], size - HEADER_SIZE
+        if command == VsrCommand.EVICTION and size == HEADER_SIZE:
+            self.eviction_reason = header[HEADER_SIZE - 1]  # reason: the header's last byte (1.6)
+            return EVICTED, 0
+        # Anything else would make the SDK give up the connection ("Invalid command", 1.3).
+        self.close()
+        return BAD_REPLY, 0
+
+    def failure(self, what: str, status: int) -> BenchWireError:
+        if status == EVICTED:
+            reason = self.eviction_reason
+            try:
+                name = EvictionReason(reason).name if reason is not None else "UNKNOWN"
+            except ValueError:
+                name = "UNKNOWN"
+            return BenchWireError(f"{what}: the server evicted the client (reason {reason}, {name})")
+        if status == BAD_REPLY:
+            return BenchWireError(f"{what}: the server sent a frame that is not a 0.9 reply")
+        try:
+            name = Status09(status).name
+        except ValueError:
+            name = _status_name(status)
+        return BenchWireError(f"{what} failed with status {status} ({name})")
+
+    def request(self, code: CommandCode, body: bytes) -> bytearray:
+        # Numbering as the SDK (and tests/wireclient09.py): Register carries request 0 and no
+        # session, NonReplicated reuses the current number, everything else takes the next.
+        operation = operation_for_code(code)
+        if operation not in (Operation.REGISTER, Operation.NON_REPLICATED):
+            self.request_number += 1
+        register = operation == Operation.REGISTER
+        header = request_header_for(
+            operation,
+            body,
+            client=self.client,
+            request=0 if register else self.request_number,
+            session=0 if register else self.session,
+            command_code=int(code) if operation == Operation.NON_REPLICATED else 0,
+        )
+        return bytearray(header.encode() + body)
+
+    def template(self, code: CommandCode, body: bytes) -> bytearray:
+        # No number is taken here: renumber() stamps the next one before every send, so the
+        # numbers stay gap-free and in order even with other requests in between.
+        frame = self.request(code, body)
+        if operation_for_code(code) not in (Operation.REGISTER, Operation.NON_REPLICATED):
+            self.request_number -= 1
+            _U64.pack_into(frame, _REQUEST_NUMBER_AT, 0)
+        return frame
+
+    def renumber(self, frame: bytearray) -> None:
+        # SendMessages is not checksummed by the SDK (request_checksum 0), so the request
+        # number is the only header field that changes between sends.
+        self.request_number += 1
+        _U64.pack_into(frame, _REQUEST_NUMBER_AT, self.request_number)
+
+    def result(self, code: CommandCode, payload: memoryview) -> memoryview:
+        if reply_framing(operation_for_code(code)) == ReplyFraming.RAW:
+            return payload
+        section = f09.decode_result_section(payload)
+        if isinstance(section, f09.ResultOk):
+            return section.payload
+        raise BenchWireError(f"{code.name} was refused: {section}")
+
+    async def login(self, username: str, password: str) -> None:
+        body = f09.encode_password_login(_SDK_VERSION, f09.PasswordLogin(username, password))
+        payload = await self.call_ok(self.request(CommandCode.LOGIN_REGISTER, body), "login")
+        reply = f09.decode_login_reply(payload)
+        if not isinstance(reply, f09.LoginReply):
+            raise BenchWireError(f"login was refused: {reply}")
+        self.session = reply.session
 
 
 def _status_name(status: int) -> str:
@@ -189,11 +371,16 @@ def _status_name(status: int) -> str:
         return "UNKNOWN"
 
 
-async def open_wire(address: str, username: str, password: str) -> LeanWire:
+WIRE_TYPES: dict[Protocol, type[LeanWire]] = {Protocol.V08: LeanWire, Protocol.V09: LeanWire09}
+
+
+async def open_wire(
+    address: str, username: str, password: str, protocol: Protocol = Protocol.V09
+) -> LeanWire:
     host, _, port = address.rpartition(":")
     loop = asyncio.get_running_loop()
-    _, wire = await loop.create_connection(LeanWire, host.strip("[]"), int(port))
-    await wire.call_ok(encode_request(Command.LOGIN_USER, LoginUser(username, password).encode()), "login")
+    _, wire = await loop.create_connection(WIRE_TYPES[protocol], host.strip("[]"), int(port))
+    await wire.login(username, password)
     return wire
 
 
@@ -207,13 +394,24 @@ def payload_bytes(message_size: int, seed: int) -> bytes:
 
 
 def build_send_frame(
-    stream_id: int, topic_id: int, partitioning: Partitioning, messages_per_batch: int, payload: bytes
-) -> bytes:
-    """A whole SendMessages frame; ids stay 0 so the server assigns them, as the SDK does."""
-    messages = [OutgoingMessage(payload)] * messages_per_batch
-    return encode_request(
-        Command.SEND_MESSAGES, encode_send_messages(stream_id, topic_id, partitioning, messages)
-    )
+    wire: LeanWire,
+    stream_id: int,
+    topic_id: int,
+    partitioning: Partitioning,
+    messages_per_batch: int,
+    payload: bytes,
+) -> bytearray:
+    """A whole SendMessages frame in ``wire``'s framing; ids stay 0 so the server assigns
+    them, as the SDK does. The 0.9 batch is built here once, every checksum included, and
+    resent unchanged: the server stamps offsets and timestamps into its own copy."""
+    n = messages_per_batch
+    if wire.protocol == Protocol.V08:
+        body = encode_send_messages(stream_id, topic_id, partitioning, [OutgoingMessage(payload)] * n)
+    else:
+        now_us = time.time_ns() // 1000
+        batch = build_batch([0] * n, [payload] * n, [b""] * n, [now_us] * n)
+        body = encode_send_messages09(stream_id, topic_id, partitioning, batch)
+    return wire.template(CommandCode.SEND_MESSAGES, body)
 
 
 @dataclass(slots=True)
@@ -230,6 +428,7 @@ class PollFrame:
 
 
 def build_poll_frame(
+    wire: LeanWire,
     consumer: Consumer,
     stream_id: int,
     topic_id: int,
@@ -238,19 +437,22 @@ def build_poll_frame(
     kind: int = PollingKind.OFFSET,
     auto_commit: bool = False,
 ) -> PollFrame:
-    """A PollMessages frame; for ``partition_id`` None the partition field is not patchable."""
+    """A PollMessages frame in ``wire``'s framing (the body is the same in both
+    generations); for ``partition_id`` None the partition field is not patchable. A 0.9 poll
+    is NonReplicated, so it carries no request number of its own and is resent as is."""
     payload = PollMessages(consumer, stream_id, topic_id, partition_id, kind, 0, count, auto_commit).encode()
-    frame = bytearray(encode_request(Command.POLL_MESSAGES, payload))
+    frame = wire.request(CommandCode.POLL_MESSAGES, payload)
     tail_at = len(frame) - _POLL_TAIL_SIZE
     poll = PollFrame(frame, tail_at + _POLL_VALUE_IN_TAIL, tail_at + _POLL_PARTITION_IN_TAIL)
+    body_at = wire.header_size
     # Pair assertion: the patched positions are the fields the codec decodes.
     if partition_id is not None:
         poll.set(partition_id + 7, 0x0102030405060708)
-        decoded = PollMessages.decode(memoryview(frame)[FRAME_HEADER_SIZE:])
+        decoded = PollMessages.decode(memoryview(frame)[body_at:])
         assert decoded.partition_id == partition_id + 7
         assert decoded.strategy_value == 0x0102030405060708
         poll.set(partition_id, 0)
-    decoded = PollMessages.decode(memoryview(frame)[FRAME_HEADER_SIZE:])
+    decoded = PollMessages.decode(memoryview(frame)[body_at:])
     assert decoded.count == count and decoded.auto_commit == auto_commit and decoded.strategy_kind == kind
     assert decoded.partition_id == partition_id and decoded.strategy_value == 0
     return poll
@@ -287,6 +489,7 @@ class ActorSpec:
     warmup_ns: int = 0
     sampling_ns: int = 100_000_000
     rate_bytes_per_s: float | None = None
+    protocol: Protocol = Protocol.V09
     record: bool = True
     """False for prefill producers: nothing is measured or reported back but counts."""
 
@@ -446,21 +649,24 @@ class _Pacer:
             time.sleep(delay_ns / 1e9)
 
 
-async def _produce(spec: ActorSpec, wire: LeanWire, frame: bytes, rec: Recorder, progress: Any) -> None:
+async def _produce(spec: ActorSpec, wire: LeanWire, frame: bytearray, rec: Recorder, progress: Any) -> None:
     messages = spec.messages_per_batch
     nbytes = messages * spec.message_bytes
     pacer = _Pacer(rec.start_ns, spec.rate_bytes_per_s) if spec.rate_bytes_per_s else None
     slot = spec.slot
     clock = time.perf_counter_ns
     call = wire.call
+    renumber = wire.renumber if wire.renumbers else None
     for _ in range(spec.message_batches):
         if pacer is not None:
             pacer.wait(nbytes)
+        if renumber is not None:
+            renumber(frame)
         begin = clock()
         status = await call(frame)
         end = clock()
         if status != Status.OK:
-            raise BenchWireError(f"SendMessages failed with status {status} ({_status_name(status)})")
+            raise wire.failure("SendMessages", status)
         rec.record(begin, end, messages, nbytes)
         progress[slot] += messages
 
@@ -470,6 +676,7 @@ async def _consume_pinned(
 ) -> int:
     """Reads its partition from offset 0 until ``expected_messages``; returns empty polls."""
     expected = spec.expected_messages
+    message_bytes = spec.message_bytes
     offset = received = empty = 0
     backoff_s = _BACKOFF_MIN_S
     slot = spec.slot
@@ -482,7 +689,7 @@ async def _consume_pinned(
         status = await call(poll.frame)
         end = clock()
         if status != Status.OK:
-            raise BenchWireError(f"PollMessages failed with status {status} ({_status_name(status)})")
+            raise wire.failure("PollMessages", status)
         count = _POLL_COUNT.unpack_from(wire.reply, _POLL_COUNT_AT)[0] if wire.reply_length else 0
         if not count:
             empty += 1
@@ -492,7 +699,9 @@ async def _consume_pinned(
         backoff_s = _BACKOFF_MIN_S
         offset += count
         received += count
-        rec.record(begin, end, count, wire.reply_length - POLL_REPLY_HEADER_SIZE)
+        # Message bytes as the producers count them (64-byte header + payload), whatever the
+        # generation's framing of the records: so 0.8 and 0.9 figures compare.
+        rec.record(begin, end, count, count * message_bytes)
         progress[slot] += count
     return empty
 
@@ -507,8 +716,13 @@ async def _consume_group(
 ) -> tuple[int, list[int]]:
     """Polls Next with auto-commit, as iggy-bench's group consumers do: the server picks the
     member's next partition and keeps the group's offset. Stops once the whole group has read
-    ``expected_messages``; returns empty polls and the partitions it was served from."""
+    ``expected_messages``; returns empty polls and the partitions it was served from.
+
+    On 0.9 a group poll names its partition (section 5.4): the member syncs its assignment
+    (SyncConsumerGroup) and polls those partitions round-robin, as the SDK does, syncing
+    again when the server answers "stale" or it has none."""
     expected = spec.expected_messages
+    message_bytes = spec.message_bytes
     empty = empties_in_row = 0
     backoff_s = _BACKOFF_MIN_S
     slot = spec.slot
@@ -516,16 +730,30 @@ async def _consume_group(
     call = wire.call
     seen: set[int] = set()
     frame = poll.frame
+    explicit = wire.protocol == Protocol.V09
+    assigned: list[int] = await _sync_group(wire, spec) if explicit else []
+    turn = 0
     # The server rotates over the member's partitions, so one empty reply says little; a run
     # of as many empties as the topic has partitions says they are all drained for now.
     patience = max(1, spec.partitions_count)
     while group_total.value < expected:
+        if explicit:
+            if not assigned:
+                time.sleep(_IDLE_SLEEP_S)
+                assigned = await _sync_group(wire, spec)
+                continue
+            turn = (turn + 1) % len(assigned)
+            poll.set(assigned[turn], 0)
+            patience = len(assigned)
         begin = clock()
         status = await call(frame)
         end = clock()
         if status != Status.OK:
-            raise BenchWireError(f"PollMessages failed with status {status} ({_status_name(status)})")
+            raise wire.failure("PollMessages", status)
         count = _POLL_COUNT.unpack_from(wire.reply, _POLL_COUNT_AT)[0] if wire.reply_length else 0
+        if explicit and _U32.unpack_from(wire.reply, 0)[0] == _STALE_ASSIGNMENT:
+            assigned = await _sync_group(wire, spec)
+            continue
         if not count:
             empty += 1
             empties_in_row += 1
@@ -539,13 +767,21 @@ async def _consume_group(
         seen.add(_U32.unpack_from(wire.reply, 0)[0])
         with group_total.get_lock():
             group_total.value += count
-        rec.record(begin, end, count, wire.reply_length - POLL_REPLY_HEADER_SIZE)
+        rec.record(begin, end, count, count * message_bytes)
         progress[slot] += count
     return empty, sorted(seen)
 
 
+async def _sync_group(wire: LeanWire, spec: ActorSpec) -> list[int]:
+    """The partitions the server lets this 0.9 member poll now (empty: none, or not a member)."""
+    assert spec.group_id is not None
+    body = SyncConsumerGroup(spec.stream_id, spec.topic_id, spec.group_id).encode()
+    synced = decode_sync_group09(await wire.request_ok(CommandCode.SYNC_CONSUMER_GROUP, body))
+    return [] if synced is None else list(synced.partition_ids)
+
+
 async def _produce_and_consume(
-    spec: ActorSpec, wire: LeanWire, frame: bytes, poll: PollFrame, rec: Recorder, progress: Any
+    spec: ActorSpec, wire: LeanWire, frame: bytearray, poll: PollFrame, rec: Recorder, progress: Any
 ) -> int:
     """Send a batch, then poll it back; latency is send start to the last message received."""
     messages = spec.messages_per_batch
@@ -555,20 +791,23 @@ async def _produce_and_consume(
     slot = spec.slot
     clock = time.perf_counter_ns
     call = wire.call
+    renumber = wire.renumber if wire.renumbers else None
     partition = spec.partition_id
     for _ in range(spec.message_batches):
         if pacer is not None:
             pacer.wait(nbytes)
+        if renumber is not None:
+            renumber(frame)
         begin = clock()
         status = await call(frame)
         if status != Status.OK:
-            raise BenchWireError(f"SendMessages failed with status {status} ({_status_name(status)})")
+            raise wire.failure("SendMessages", status)
         got = 0
         while got < messages:
             poll.set(partition, offset)
             status = await call(poll.frame)
             if status != Status.OK:
-                raise BenchWireError(f"PollMessages failed with status {status} ({_status_name(status)})")
+                raise wire.failure("PollMessages", status)
             count = _POLL_COUNT.unpack_from(wire.reply, _POLL_COUNT_AT)[0] if wire.reply_length else 0
             if not count:
                 # The send was acknowledged, so the batch is readable; an empty reply is rare.
@@ -586,15 +825,16 @@ async def _produce_and_consume(
 async def _actor_main(
     spec: ActorSpec, barrier: Barrier, progress: Any, group_total: Synchronized[int] | None
 ) -> ActorResult:
-    wire = await open_wire(spec.address, spec.username, spec.password)
+    wire = await open_wire(spec.address, spec.username, spec.password, spec.protocol)
     try:
-        frame = b""
+        frame = bytearray()
         poll: PollFrame | None = None
         if spec.kind in (ActorKind.PRODUCER, ActorKind.PRODUCING_CONSUMER):
             partitioning = (
                 Partitioning.balanced() if spec.balanced else Partitioning.partition_id(spec.partition_id)
             )
             frame = build_send_frame(
+                wire,
                 spec.stream_id,
                 spec.topic_id,
                 partitioning,
@@ -604,18 +844,22 @@ async def _actor_main(
         if spec.kind in (ActorKind.CONSUMER, ActorKind.PRODUCING_CONSUMER):
             if spec.group_id is not None:
                 join = JoinConsumerGroup(spec.stream_id, spec.topic_id, spec.group_id).encode()
-                await wire.call_ok(encode_request(Command.JOIN_CONSUMER_GROUP, join), "JoinConsumerGroup")
+                await wire.request_ok(CommandCode.JOIN_CONSUMER_GROUP, join)
                 poll = build_poll_frame(
+                    wire,
                     Consumer(ConsumerKind.CONSUMER_GROUP, spec.group_id),
                     spec.stream_id,
                     spec.topic_id,
-                    None,
+                    # 0.9 group polls name the partition (patched per poll); 0.8 lets the
+                    # server pick the member's next one.
+                    0 if wire.protocol == Protocol.V09 else None,
                     spec.messages_per_batch,
                     PollingKind.NEXT,
                     auto_commit=True,
                 )
             else:
                 poll = build_poll_frame(
+                    wire,
                     Consumer(ConsumerKind.CONSUMER, spec.actor_id),
                     spec.stream_id,
                     spec.topic_id,

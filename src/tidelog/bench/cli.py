@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tidelog.bench.actors import Protocol
 from tidelog.bench.runner import MODE_NAMES, BenchError, BenchMode, BenchParams, parse_mode
 from tidelog.wire.codes import IggyError
 
@@ -87,7 +88,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     bench = subparsers.add_parser(
         "bench",
         help="benchmark a running server (iggy-bench modes)",
-        description="Benchmark a tidelog / Iggy 0.8 server over TCP. Modes: "
+        description="Benchmark a tidelog / Iggy server over TCP (0.9 or 0.8 framing). Modes: "
         + ", ".join(f"{alias} ({mode.value})" for alias, mode in _aliases()),
     )
     bench.add_argument("mode", type=_mode_arg, metavar="MODE", help="one of " + ", ".join(sorted(MODE_NAMES)))
@@ -125,6 +126,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     connection = bench.add_argument_group("server")
     connection.add_argument("--server-address", default="127.0.0.1:8090", help="HOST:PORT (127.0.0.1:8090)")
+    connection.add_argument(
+        "--protocol",
+        type=Protocol,
+        choices=list(Protocol),
+        default=Protocol.V09,
+        help="framing of the measured traffic: 0.9 (VSR, the current generation) or 0.8 (classic)",
+    )
     connection.add_argument("-u", "--username", default="iggy")
     connection.add_argument("--password", default="iggy")
     output = bench.add_argument_group("output")
@@ -185,6 +193,7 @@ def params_from_args(args: argparse.Namespace, argv: list[str] | None = None) ->
         sampling_s=args.sampling_time,
         rate_limit_bytes_per_s=float(args.rate_limit) if args.rate_limit is not None else None,
         server_address=args.server_address,
+        protocol=args.protocol,
         username=args.username,
         password=args.password,
         remark=args.remark,

@@ -409,6 +409,7 @@ def build_report(run: BenchRun) -> dict[str, Any]:
             "benchmark_kind": mode,
             "transport": "tcp",
             "server_address": params.server_address,
+            "protocol": params.protocol.value,
             "remark": params.remark,
             "extra_info": "",
             "gitref": gitref,
@@ -537,7 +538,7 @@ def render_console(report: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     groups = report["group_metrics"]
-    table = Table(title="Results (latency per batch)")
+    table = Table(title=f"Results (protocol {report['params']['protocol']}, latency per batch)")
     table.add_column("")
     for group in groups:
         table.add_column(GROUP_TITLES[group["summary"]["kind"]], justify="right")

@@ -8,6 +8,9 @@ Next with auto-commit, so the server assigns partitions and keeps each group's o
 consumer-only modes first fill the streams with the same workload (not measured). End-to-end
 actors each own a stream and send a batch, then poll it back.
 
+The measured connections speak ``params.protocol`` (0.9 by default, or 0.8); setup and the
+server statistics go through the 0.8 native client either way.
+
 Actors are forked processes (``multiprocessing`` "fork" context); a barrier with the parent
 as one more party starts them together, and a shared array of per-actor message counts drives
 the progress bar.
@@ -26,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from tidelog.bench.actors import BARRIER_TIMEOUT_S, ActorKind, ActorResult, ActorSpec, run_actor
+from tidelog.bench.actors import BARRIER_TIMEOUT_S, ActorKind, ActorResult, ActorSpec, Protocol, run_actor
 
 STREAM_PREFIX = "bench-stream-"
 TOPIC_NAME = "topic-1"
@@ -124,6 +127,8 @@ class BenchParams:
     rate_limit_bytes_per_s: float | None = None
     """Total over the sending actors, shared evenly."""
     server_address: str = "127.0.0.1:8090"
+    protocol: Protocol = Protocol.V09
+    """The generation the measured traffic speaks; setup and stats use the 0.8 client."""
     username: str = "iggy"
     password: str = "iggy"
     remark: str = ""
@@ -205,7 +210,7 @@ class BenchParams:
         return self.data_actors * self.message_batches * self.batch_bytes
 
     def describe(self) -> str:
-        parts = [f"Benchmark: {self.mode.value}"]
+        parts = [f"Benchmark: {self.mode.value}", f"protocol {self.protocol.value}"]
         if self.mode == BenchMode.END_TO_END:
             parts.append(f"{self.producers} producing consumers")
         else:
@@ -310,6 +315,7 @@ async def _server_stats(params: BenchParams) -> dict[str, Any]:
 def _common(params: BenchParams) -> dict[str, Any]:
     return {
         "address": params.server_address,
+        "protocol": params.protocol,
         "username": params.username,
         "password": params.password,
         "message_size": params.message_size,
