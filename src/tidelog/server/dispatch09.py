@@ -23,7 +23,7 @@ from typing import Any
 from tidelog import auth
 from tidelog import metadata as md
 from tidelog.server.connection import CloseConnection, Connection, Reply, RequestKey
-from tidelog.server.dispatch import METADATA_COMMANDS, Dispatcher
+from tidelog.server.dispatch import METADATA_COMMANDS, Dispatcher, _after
 from tidelog.server.shard import Session
 from tidelog.storage.io import FileRange
 from tidelog.wire import batch as wbatch
@@ -69,9 +69,14 @@ _SHARED_READS: frozenset[CommandCode] = frozenset(
         CommandCode.GET_CONSUMER_GROUPS,
     }
 )
-# Metadata and partition operations whose request and reply layouts 0.9 shares with 0.8.
+# Metadata and partition operations whose reply layout 0.9 shares with 0.8; the 0.9 request
+# classes of those whose bodies differ subclass the 0.8 ones, so the 0.8 handler takes them.
 _SHARED_CHANGES: frozenset[CommandCode] = frozenset(
     {
+        CommandCode.UPDATE_STREAM,
+        CommandCode.UPDATE_USER,
+        CommandCode.STORE_CONSUMER_OFFSET,
+        CommandCode.DELETE_CONSUMER_OFFSET,
         CommandCode.DELETE_STREAM,
         CommandCode.PURGE_STREAM,
         CommandCode.DELETE_TOPIC,
@@ -127,13 +132,9 @@ class Dispatcher09:
         }
         self.changes: dict[CommandCode, Callable[[Session, Any], Any]] = {
             CommandCode.CREATE_STREAM: self.create_stream,
-            CommandCode.UPDATE_STREAM: self.update_stream,
             CommandCode.CREATE_TOPIC: self.create_topic,
             CommandCode.UPDATE_TOPIC: self.update_topic,
             CommandCode.CREATE_USER: self.create_user,
-            CommandCode.UPDATE_USER: self.update_user,
-            CommandCode.STORE_CONSUMER_OFFSET: self.store_consumer_offset,
-            CommandCode.DELETE_CONSUMER_OFFSET: self.delete_consumer_offset,
         }
         served = set(self.reads) | set(self.changes) | _SHARED_READS | _SHARED_CHANGES
         own = {CommandCode.POLL_MESSAGES, CommandCode.SEND_MESSAGES, CommandCode.LOGOUT_USER}
@@ -412,9 +413,6 @@ class Dispatcher09:
     def create_stream(self, session: Session, req: b.CreateStream09) -> bytes:
         return b.encode_stream09(self.base.stream_info(self.base.new_stream(session, req.name)))
 
-    def update_stream(self, session: Session, req: b.UpdateStream09) -> None:
-        self.base.update_stream(session, c.UpdateStream(stream_id=req.stream_id, name=req.name))
-
     def create_topic(self, session: Session, req: b.CreateTopic09) -> bytes:
         options = req.options
 
@@ -460,32 +458,6 @@ class Dispatcher09:
         )
         user = await self.base.new_user(session, request)
         return b.encode_user_details09(self.base.user_details(user))
-
-    def update_user(self, session: Session, req: b.UpdateUser09) -> None:
-        self.base.update_user(
-            session, c.UpdateUser(user_id=req.user_id, username=req.username, status=req.status)
-        )
-
-    def store_consumer_offset(self, session: Session, req: b.StoreConsumerOffset09) -> Awaitable[None] | None:
-        request = c.StoreConsumerOffset(
-            consumer=req.consumer,
-            stream_id=req.stream_id,
-            topic_id=req.topic_id,
-            partition_id=req.partition_id,
-            offset=req.offset,
-        )
-        return self.base.store_consumer_offset(session, request)
-
-    def delete_consumer_offset(
-        self, session: Session, req: b.DeleteConsumerOffset09
-    ) -> Awaitable[None] | None:
-        request = c.DeleteConsumerOffset(
-            consumer=req.consumer,
-            stream_id=req.stream_id,
-            topic_id=req.topic_id,
-            partition_id=req.partition_id,
-        )
-        return self.base.delete_consumer_offset(session, request)
 
     # ---- messages ----------------------------------------------------------------------
     def send_messages(
@@ -535,14 +507,7 @@ class Dispatcher09:
             self._records(polled.chunks, polled.header.partition_id) if polled.header.messages_count else b""
         )
         reply = _reply(header, [head, records] if records else [head])
-        if polled.saved is None:
-            return reply
-        return self._after_commit(polled.saved, reply)
-
-    @staticmethod
-    async def _after_commit(saved: Awaitable[None], reply: Reply) -> Reply:
-        await saved
-        return reply
+        return reply if polled.saved is None else _after(polled.saved, reply)
 
     @staticmethod
     def _records(chunks: list[memoryview | bytes | FileRange], partition_id: int) -> bytes | bytearray:
