@@ -1,34 +1,45 @@
-"""Cost per message of validating a 0.9 batch (`tidelog.wire.v09.batch.parse_batch`).
+"""Cost per message of the 0.9 batch work the server does at the edge
+(`tidelog.wire.v09.batch`): validating a sent batch (`parse_batch`), converting it to the
+stored 0.8 format (`v09_to_v08`), and turning stored 0.8 messages into 0.9 records for a poll
+(`scan_messages` then `v08_to_v09`).
 
-    .venv/bin/python bench/v09_batch_cost.py
+    .venv/bin/python bench/v09_batch_cost.py            # C kernels where built
+    TIDELOG_NO_NATIVE=1 .venv/bin/python bench/v09_batch_cost.py   # numpy reference paths
 
-Prints the best of 5 x 5 parses of a 1000-message batch, uniform and mixed message sizes, for
-16- and 200-byte payloads. A figure to compare runs on one machine, not a pass/fail bound.
+Prints the best of 5 x 5 runs over a 1000-message batch, uniform and mixed message sizes, for
+16-, 200- and 1000-byte payloads. A figure to compare runs on one machine, not a pass/fail bound.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from tidelog.wire.v09.batch import build_batch, parse_batch
+from tidelog.wire.batch import scan_messages
+from tidelog.wire.v09.batch import build_batch, parse_batch, stamp_batch, v08_to_v09, v09_to_v08
 
 ORIGIN_US = 1_767_225_600_000_000
 MESSAGES = 1000
 
 
-def best_seconds(buf: bytearray) -> float:
+def best_seconds(work: Callable[[], object]) -> float:
     runs = []
     for _ in range(5):
         t0 = time.perf_counter()
         for _ in range(5):
-            parse_batch(buf)
+            work()
         runs.append((time.perf_counter() - t0) / 5)
     return min(runs)
 
 
+def poll_conversion(stored: bytes) -> bytearray:
+    ends, _ = scan_messages(stored, verify_checksums=False)
+    return v08_to_v09(stored, ends, partition_id=0)
+
+
 def main() -> None:
     ids = list(range(1, MESSAGES + 1))
-    for payload_bytes in (16, 200):
+    for payload_bytes in (16, 200, 1000):
         uniform = build_batch(
             ids, [b"x" * payload_bytes] * MESSAGES, [b""] * MESSAGES, [ORIGIN_US] * MESSAGES
         )
@@ -39,10 +50,17 @@ def main() -> None:
             [ORIGIN_US] * MESSAGES,
         )
         for name, buf in (("uniform", uniform), ("mixed", mixed)):
-            assert parse_batch(buf).count == MESSAGES
-            print(
-                f"{name:8} payload {payload_bytes:4} B: {best_seconds(buf) / MESSAGES * 1e9:6.0f} ns/message"
-            )
+            batch = parse_batch(buf)
+            assert batch.count == MESSAGES
+            stamp_batch(batch, 0, 0, ORIGIN_US + 1)
+            stored = bytes(v09_to_v08([batch])[0])
+            figures = {
+                "parse": best_seconds(lambda b=buf: parse_batch(b)),  # type: ignore[misc]
+                "to 0.8": best_seconds(lambda b=batch: v09_to_v08([b])),  # type: ignore[misc]
+                "poll as 0.9": best_seconds(lambda s=stored: poll_conversion(s)),  # type: ignore[misc]
+            }
+            cells = "  ".join(f"{k} {v / MESSAGES * 1e9:5.0f}" for k, v in figures.items())
+            print(f"{name:8} payload {payload_bytes:4} B (ns/message): {cells}")
 
 
 if __name__ == "__main__":

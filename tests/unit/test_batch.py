@@ -451,6 +451,39 @@ def test_scan_given_random_bytes_when_scanned_should_return_a_consistent_prefix(
     assert bool(np.all(np.diff(np.concatenate([[0], ends])) >= 64))
 
 
+_KERNEL = batch_module._native  # as imported: the C kernel where built
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=6),
+    cut=st.integers(min_value=0, max_value=600),
+    flip=st.integers(min_value=-1, max_value=600),
+    verify=st.booleans(),
+    expected=st.one_of(st.none(), st.integers(min_value=0, max_value=12)),
+)
+def test_scan_given_stored_or_damaged_messages_when_scanned_in_c_should_equal_the_python_walk(
+    sizes: list[int], cut: int, flip: int, verify: bool, expected: int | None
+) -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    index, area = encode([bytes([i]) * n for i, n in enumerate(sizes)], ids=list(range(1, len(sizes) + 1)))
+    batch = parse_send_batch(index, area, len(sizes))
+    stamp(batch, 10, 99, os.urandom)
+    data = bytearray(batch.buf[: max(len(batch.buf) - cut, 0)])
+    if 0 <= flip < len(data):
+        data[flip] ^= 0x40
+    results = []
+    try:
+        for native in (_KERNEL, None):
+            batch_module._native = native
+            ends, valid = scan_messages(bytes(data), verify, expected)
+            results.append((ends.tolist(), valid))
+    finally:
+        batch_module._native = _KERNEL
+    assert results[0] == results[1]
+
+
 def test_stamp_given_protocol_vector_9_6_when_stamped_should_give_the_9_7_stored_bytes() -> None:
     ts = int.from_bytes(bytes.fromhex("e0d32218240a0600"), "little")
     origin = int.from_bytes(bytes.fromhex("404d2118240a0600"), "little")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,25 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     else:
         monkeypatch.setattr(batch_module, "_native", None)
     return str(request.param)
+
+
+_KERNEL = batch_module._native  # as imported: the C kernel where built
+
+
+def _both_kernels(convert: Callable[[], object]) -> list[object]:
+    """What `convert()` returns (or the BatchError code it raises) on the C kernel, then on
+    the reference path."""
+    results: list[object] = []
+    try:
+        for native in (_KERNEL, None):
+            batch_module._native = native
+            try:
+                results.append(convert())
+            except BatchError as error:
+                results.append(("error", error.code))
+    finally:
+        batch_module._native = _KERNEL
+    return results
 
 
 def _code(buf: bytes | bytearray, expected_count: int | None = None) -> int:
@@ -316,25 +336,22 @@ def test_parse_batch_given_every_single_byte_flip_when_parsed_should_fail_with_a
             parse_batch(buf)
 
 
-def test_parse_batch_given_same_corruption_on_both_kernels_when_parsed_should_give_same_codes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    if batch_module._native is None:
+def test_parse_batch_given_same_corruption_on_both_kernels_when_parsed_should_give_same_codes() -> None:
+    if _KERNEL is None:
         pytest.skip("C kernel tidelog._stamp not built")
     original = build_batch(list(range(1, 9)), [bytes([i]) * (16 + i) for i in range(8)], [b""] * 8, [5] * 8)
     rng = random.Random(9)
     for _ in range(200):
         buf = bytearray(original)
         buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
-        codes = []
-        for native in (batch_module._native, None):
-            monkeypatch.setattr(batch_module, "_native", native)
-            try:
-                parse_batch(bytes(buf))
-                codes.append(0)
-            except BatchError as error:
-                codes.append(error.code)
-        assert codes[0] == codes[1] != 0
+        mutated = bytes(buf)
+
+        def parse(data: bytes = mutated) -> int:
+            parse_batch(data)
+            return 0
+
+        native, reference = _both_kernels(parse)
+        assert native == reference != 0
 
 
 # --- user headers (4.4) -------------------------------------------------------------------
@@ -546,6 +563,98 @@ def test_v08_to_v09_given_origins_spread_over_u32_when_converted_should_fail_wit
 
     assert caught.value.code == 4038
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=600), start=st.integers(min_value=0, max_value=300))
+def test_walk_frames_given_any_bytes_when_walked_in_c_should_equal_the_struct_walk(
+    data: bytes, start: int
+) -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    start = min(start, len(data))
+
+    def walk() -> tuple[list[int], int]:
+        starts, stopped = batch_module._walk_frames(memoryview(data), start, len(data))
+        return starts.tolist(), stopped
+
+    native, reference = _both_kernels(walk)
+    assert native == reference
+
+
+_id_or_zero = st.one_of(st.just(0), st.integers(min_value=1, max_value=(1 << 128) - 1))
+_same_or_new = st.lists(
+    st.tuples(
+        _id_or_zero,
+        st.binary(min_size=1, max_size=90),
+        st.binary(max_size=40),
+        st.integers(min_value=0, max_value=1 << 34),  # spreads past u32 now and then
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_same_or_new, min_size=1, max_size=4), st.integers(min_value=0, max_value=1 << 40), st.data())
+def test_v08_to_v09_given_any_stored_messages_when_converted_in_c_should_equal_the_reference(
+    batches: list[list[tuple[int, bytes, bytes, int]]], first_offset: int, data: st.DataObject
+) -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    stored, ends = _stored_08(batches, first_offset)
+    if len(batches) > 1 and data.draw(st.booleans()):
+        # Two stored batches sharing a broker timestamp become one record on both paths.
+        buf = bytearray(stored)
+        first_end = int(ends[len(batches[0]) - 1])
+        second = ends[len(batches[0]) : len(batches[0]) + len(batches[1])]
+        ts = buf[32:40]
+        for start in [first_end, *second[:-1].tolist()]:
+            buf[start + 32 : start + 40] = ts
+        stored = bytes(buf)
+    native, reference = _both_kernels(lambda: bytes(v08_to_v09(stored, ends, partition_id=3)))
+    assert native == reference
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_same_or_new, min_size=1, max_size=3), st.integers(min_value=0, max_value=1 << 40))
+def test_v09_to_v08_given_any_records_when_converted_in_c_should_equal_the_reference(
+    batches: list[list[tuple[int, bytes, bytes, int]]], first_offset: int
+) -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    log = bytearray()
+    offset = first_offset
+    for b, messages in enumerate(batches):
+        messages = [(i, p, h, o % (1 << 31)) for i, p, h, o in messages]  # one record's spread fits
+        log += _build(messages, partition_id=2, base_offset=offset, base_timestamp=STAMPED_US + b)
+        offset += len(messages)
+
+    def convert() -> tuple[bytes, list[int]]:
+        stored, ends = v09_to_v08(parse_records(log))
+        return bytes(stored), ends.tolist()
+
+    native, reference = _both_kernels(convert)
+    assert native == reference
+
+
+def test_v09_to_v08_given_zero_ids_when_converted_in_c_should_keep_them_as_the_reference_does() -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    log = _build([(0, b"x", b"", 0), (5, b"y", b"", 1)], base_offset=3, base_timestamp=STAMPED_US)
+
+    native, reference = _both_kernels(lambda: bytes(v09_to_v08(parse_records(log))[0]))
+
+    assert native == reference
+    assert native[8:24] == bytes(16)  # type: ignore[index]
+
+
+def test_v08_to_v09_given_lengths_that_do_not_fill_spans_when_converted_in_c_should_raise() -> None:
+    if _KERNEL is None:
+        pytest.skip("C kernel tidelog._stamp not built")
+    stored, ends = _stored_08([[(1, b"abc", b"", 0), (2, b"d", b"", 0)]], 0)
+    with pytest.raises(ValueError):
+        v08_to_v09(stored, ends - np.array([0, 1]), 0)
 
 # --- poll reply slices (4.5) -----------------------------------------------------------------
 

@@ -545,7 +545,363 @@ static PyObject *digests(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * Conversion between the stored 0.8 messages and 0.9 records (0.9 reference 4.1, 4.2).
+ * The numpy code in tidelog.wire.v09.batch is the reference; these give identical bytes.
+ * 0.9 batch header: 0 partition_id | 8 base_offset | 16 base_timestamp | 24 origin_timestamp
+ * | 32 batch_length | 40 batch_checksum | 48 message_count u32 | 52..256 zero.
+ * 0.9 frame header: 0 checksum | 8 id u128 | 24 offset_delta u32 | 28 timestamp_delta u32 |
+ * 32 user_headers_length u32 | 36 payload_length u32 | 40 reserved u64 | 48 payload, headers.
+ */
+#define BATCH_HEADER_BYTES 256
+#define FRAME_HEADER_BYTES 48
+#define ORIGIN_TIMESTAMP_AT 40
+#define STATUS09_INVALID_MESSAGE_TIMESTAMP_DELTA 4038
+
+static inline void store_le32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) {
+        p[i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(buf, max_payload, max_user_headers, expected_first_offset) -> (ends, valid)\n\n"
+"Walk stored 0.8 messages from byte 0 as tidelog.wire.batch.scan_messages does without\n"
+"checksums: stop at the first message that is incomplete, has out-of-range lengths or a\n"
+"non-zero reserved field, or (expected_first_offset not None) an offset other than the\n"
+"expected one. Returns the int64 end positions (as bytes) and the valid prefix length.");
+
+static PyObject *scan(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *buf_obj, *expected_obj;
+    unsigned long long max_payload, max_headers;
+    if (!PyArg_ParseTuple(args, "OKKO:scan", &buf_obj, &max_payload, &max_headers, &expected_obj)) {
+        return NULL;
+    }
+    uint64_t expected = 0;
+    int check_offsets = expected_obj != Py_None;
+    if (check_offsets && as_u64(expected_obj, "expected_first_offset", &expected) < 0) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *base = (const uint8_t *)buf.buf;
+    int64_t total = (int64_t)buf.len;
+    /* Every message holds a header, so this bounds the count. */
+    Py_ssize_t capacity = (Py_ssize_t)(total / HEADER_BYTES);
+    int64_t *ends = PyMem_Malloc(capacity ? (size_t)capacity * 8 : 8);
+    if (ends == NULL) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    int64_t pos = 0;
+    while (pos + HEADER_BYTES <= total) {
+        const uint8_t *m = base + pos;
+        uint64_t user_headers = load_le32(m + USER_HEADERS_LENGTH_AT);
+        uint64_t payload = load_le32(m + PAYLOAD_LENGTH_AT);
+        if (payload > max_payload || user_headers > max_headers || load_le64(m + RESERVED_AT) != 0) {
+            break;
+        }
+        int64_t end = pos + HEADER_BYTES + (int64_t)payload + (int64_t)user_headers;
+        if (end > total) {
+            break;
+        }
+        if (check_offsets) {
+            if (load_le64(m + OFFSET_AT) != expected) {
+                break;
+            }
+            expected++;
+        }
+        ends[count++] = end;
+        pos = end;
+    }
+    PyBuffer_Release(&buf);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)ends, count * 8);
+    PyMem_Free(ends);
+    if (out == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NL)", out, (long long)pos);
+}
+
+PyDoc_STRVAR(to_v09_doc,
+"to_v09(buf, ends, partition_id) -> bytearray | int\n\n"
+"Stored 0.8 messages (ending at ends) as 0.9 records, one per run of consecutive offsets\n"
+"sharing a broker timestamp: what tidelog.wire.v09.batch.v08_to_v09 gives without\n"
+"batch_starts. Returns status 4038 instead when a record's origin timestamps spread over\n"
+"more than a u32 of microseconds. Raises ValueError on ends that do not describe messages.");
+
+static PyObject *to_v09(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *buf_obj, *ends_obj, *partition_obj;
+    if (!PyArg_ParseTuple(args, "OOO:to_v09", &buf_obj, &ends_obj, &partition_obj)) {
+        return NULL;
+    }
+    uint64_t partition_id;
+    if (as_u64(partition_obj, "partition_id", &partition_id) < 0) {
+        return NULL;
+    }
+    Py_buffer buf, ends_view;
+    Py_ssize_t n;
+    if (get_messages(buf_obj, ends_obj, 0, &buf, &ends_view, &n) < 0) {
+        return NULL;
+    }
+    const uint8_t *src = (const uint8_t *)buf.buf;
+    const int64_t *ends = (const int64_t *)ends_view.buf;
+    /* Pass 1: lengths must fill every span; count records and check each origin spread. */
+    Py_ssize_t records = 0;
+    int status = 0;
+    int64_t start = 0;
+    uint64_t lo_origin = 0, hi_origin = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *m = src + start;
+        int64_t filled = HEADER_BYTES + (int64_t)load_le32(m + PAYLOAD_LENGTH_AT) +
+                         (int64_t)load_le32(m + USER_HEADERS_LENGTH_AT);
+        if (filled != ends[i] - start) {
+            PyBuffer_Release(&ends_view);
+            PyBuffer_Release(&buf);
+            PyErr_SetString(PyExc_ValueError, "0.8 header lengths do not fill their spans");
+            return NULL;
+        }
+        uint64_t origin = load_le64(m + ORIGIN_TIMESTAMP_AT);
+        int first = i == 0;
+        if (!first) {
+            const uint8_t *prev = src + (i >= 2 ? ends[i - 2] : 0);
+            first = load_le64(m + TIMESTAMP_AT) != load_le64(prev + TIMESTAMP_AT) ||
+                    load_le64(m + OFFSET_AT) != load_le64(prev + OFFSET_AT) + 1;
+        }
+        if (first) {
+            if (i && hi_origin - lo_origin > UINT32_MAX) {
+                status = STATUS09_INVALID_MESSAGE_TIMESTAMP_DELTA;
+            }
+            records++;
+            lo_origin = hi_origin = origin;
+        } else {
+            lo_origin = origin < lo_origin ? origin : lo_origin;
+            hi_origin = origin > hi_origin ? origin : hi_origin;
+        }
+        start = ends[i];
+    }
+    if (n && hi_origin - lo_origin > UINT32_MAX) {
+        status = STATUS09_INVALID_MESSAGE_TIMESTAMP_DELTA;
+    }
+    if (status) {
+        PyBuffer_Release(&ends_view);
+        PyBuffer_Release(&buf);
+        return PyLong_FromLong(status);
+    }
+    int64_t total = n ? ends[n - 1] + (int64_t)(FRAME_HEADER_BYTES - HEADER_BYTES) * n +
+                            (int64_t)BATCH_HEADER_BYTES * records
+                      : 0;
+    PyObject *result = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (result == NULL) {
+        PyBuffer_Release(&ends_view);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    uint8_t *out = (uint8_t *)PyByteArray_AsString(result);
+    /* Pass 2, record by record: origin minimum, frames (header, body copy, checksum), then
+       the record header and its checksum over the frame checksums. */
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t i = 0;
+    int64_t at = 0;
+    while (i < n) {
+        int64_t record_start = i ? ends[i - 1] : 0;
+        uint64_t timestamp = load_le64(src + record_start + TIMESTAMP_AT);
+        uint64_t base_offset = load_le64(src + record_start + OFFSET_AT);
+        Py_ssize_t j = i + 1;
+        uint64_t origin_min = load_le64(src + record_start + ORIGIN_TIMESTAMP_AT);
+        while (j < n) {
+            const uint8_t *m = src + ends[j - 1];
+            if (load_le64(m + TIMESTAMP_AT) != timestamp ||
+                load_le64(m + OFFSET_AT) != base_offset + (uint64_t)(j - i)) {
+                break;
+            }
+            uint64_t origin = load_le64(m + ORIGIN_TIMESTAMP_AT);
+            origin_min = origin < origin_min ? origin : origin_min;
+            j++;
+        }
+        uint8_t *head = out + at;
+        int64_t w = at + BATCH_HEADER_BYTES;
+        for (Py_ssize_t k = i; k < j; k++) {
+            const uint8_t *m = src + (k ? ends[k - 1] : 0);
+            int64_t span = ends[k] - (k ? ends[k - 1] : 0);
+            uint8_t *f = out + w;
+            memcpy(f + 8, m + ID_AT, ID_BYTES);
+            store_le32(f + 24, (uint32_t)(k - i));
+            store_le32(f + 28, (uint32_t)(load_le64(m + ORIGIN_TIMESTAMP_AT) - origin_min));
+            memcpy(f + 32, m + USER_HEADERS_LENGTH_AT, 8); /* both lengths, same order */
+            memset(f + 40, 0, 8);
+            memcpy(f + FRAME_HEADER_BYTES, m + HEADER_BYTES, (size_t)(span - HEADER_BYTES));
+            int64_t frame_bytes = span - HEADER_BYTES + FRAME_HEADER_BYTES;
+            store_le64(f, XXH3_64bits(f + 8, (size_t)(frame_bytes - 8)));
+            w += frame_bytes;
+        }
+        memset(head, 0, BATCH_HEADER_BYTES);
+        store_le64(head + 0, partition_id);
+        store_le64(head + 8, base_offset);
+        store_le64(head + 16, timestamp);
+        store_le64(head + 24, origin_min);
+        store_le64(head + 32, (uint64_t)(w - at));
+        store_le32(head + 48, (uint32_t)(j - i));
+        XXH3_state_t state;
+        XXH3_64bits_reset(&state);
+        XXH3_64bits_update(&state, head, 40);
+        XXH3_64bits_update(&state, head + 48, 4);
+        int64_t f_at = at + BATCH_HEADER_BYTES;
+        for (Py_ssize_t k = i; k < j; k++) {
+            XXH3_64bits_update(&state, out + f_at, 8);
+            f_at += ends[k] - (k ? ends[k - 1] : 0) - HEADER_BYTES + FRAME_HEADER_BYTES;
+        }
+        store_le64(head + 40, XXH3_64bits_digest(&state));
+        at = w;
+        i = j;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&ends_view);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+PyDoc_STRVAR(to_v08_doc,
+"to_v08(buf, starts, ends, out, base_offset, base_timestamp, origin_timestamp) -> None\n\n"
+"Frames buf[starts[i]:ends[i]] of one parsed 0.9 batch as stored 0.8 messages written back\n"
+"to back into out (exactly their size): offset base_offset + offset_delta, the batch's\n"
+"timestamp, origin_timestamp + timestamp_delta, id, lengths and body as they are, and the\n"
+"0.8 checksum. What tidelog.wire.v09.batch.v09_to_v08 gives. Raises ValueError on bad spans.");
+
+static PyObject *to_v08(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *buf_obj, *starts_obj, *ends_obj, *out_obj, *base_obj, *ts_obj, *origin_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:to_v08", &buf_obj, &starts_obj, &ends_obj, &out_obj, &base_obj,
+                          &ts_obj, &origin_obj)) {
+        return NULL;
+    }
+    uint64_t base_offset, base_timestamp, origin_timestamp;
+    if (as_u64(base_obj, "base_offset", &base_offset) < 0 ||
+        as_u64(ts_obj, "base_timestamp", &base_timestamp) < 0 ||
+        as_u64(origin_obj, "origin_timestamp", &origin_timestamp) < 0) {
+        return NULL;
+    }
+    Py_buffer buf, starts, ends, out;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (get_ends(starts_obj, &starts) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    if (get_ends(ends_obj, &ends) < 0) {
+        PyBuffer_Release(&starts);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    if (get_writable(out_obj, &out) < 0) {
+        PyBuffer_Release(&ends);
+        PyBuffer_Release(&starts);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    Py_ssize_t n = ends.len / 8;
+    const int64_t *start_at = (const int64_t *)starts.buf;
+    const int64_t *end_at = (const int64_t *)ends.buf;
+    const uint8_t *src = (const uint8_t *)buf.buf;
+    int ok = starts.len == ends.len;
+    int64_t need = 0;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        ok = start_at[i] >= 0 && start_at[i] + FRAME_HEADER_BYTES <= end_at[i] && end_at[i] <= buf.len;
+        if (ok) {
+            const uint8_t *f = src + start_at[i];
+            ok = (int64_t)load_le32(f + 32) + (int64_t)load_le32(f + 36) + FRAME_HEADER_BYTES ==
+                 end_at[i] - start_at[i];
+            need += end_at[i] - start_at[i] + (HEADER_BYTES - FRAME_HEADER_BYTES);
+        }
+    }
+    ok = ok && need == (int64_t)out.len;
+    if (ok) {
+        uint8_t *dst = (uint8_t *)out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        int64_t w = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const uint8_t *f = src + start_at[i];
+            int64_t body = end_at[i] - start_at[i] - FRAME_HEADER_BYTES;
+            uint8_t *m = dst + w;
+            memcpy(m + ID_AT, f + 8, ID_BYTES);
+            store_le64(m + OFFSET_AT, base_offset + load_le32(f + 24));
+            store_le64(m + TIMESTAMP_AT, base_timestamp);
+            store_le64(m + ORIGIN_TIMESTAMP_AT, origin_timestamp + load_le32(f + 28));
+            memcpy(m + USER_HEADERS_LENGTH_AT, f + 32, 8);
+            memset(m + RESERVED_AT, 0, 8);
+            memcpy(m + HEADER_BYTES, f + FRAME_HEADER_BYTES, (size_t)body);
+            store_le64(m + CHECKSUM_AT, XXH3_64bits(m + CHECKSUMMED_FROM,
+                                                   (size_t)(HEADER_BYTES - CHECKSUMMED_FROM + body)));
+            w += HEADER_BYTES + body;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&ends);
+    PyBuffer_Release(&starts);
+    PyBuffer_Release(&buf);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "to_v08: frames out of bounds, lengths or output size differ");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(walk_frames_doc,
+"walk_frames(buf, start, end) -> (starts, stopped)\n\n"
+"0.9 frame starts from start by their length fields while a whole frame header fits before\n"
+"end, and where the walk stopped (tidelog.wire.v09.batch._walk_frames). starts is int64 bytes.");
+
+static PyObject *walk_frames(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *buf_obj;
+    Py_ssize_t start, end;
+    if (!PyArg_ParseTuple(args, "Onn:walk_frames", &buf_obj, &start, &end)) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (start < 0 || end < start || end > buf.len) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "walk_frames: range outside the buffer");
+        return NULL;
+    }
+    /* Every step advances a whole frame header, so this bounds the count. */
+    Py_ssize_t capacity = (end - start) / FRAME_HEADER_BYTES;
+    int64_t *starts = PyMem_Malloc(capacity ? (size_t)capacity * 8 : 8);
+    if (starts == NULL) {
+        PyBuffer_Release(&buf);
+        return PyErr_NoMemory();
+    }
+    const uint8_t *base = (const uint8_t *)buf.buf;
+    Py_ssize_t count = 0;
+    int64_t pos = start;
+    while (pos + FRAME_HEADER_BYTES <= end) {
+        starts[count++] = pos;
+        pos += FRAME_HEADER_BYTES + (int64_t)load_le32(base + pos + 32) + (int64_t)load_le32(base + pos + 36);
+    }
+    PyBuffer_Release(&buf);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)starts, count * 8);
+    PyMem_Free(starts);
+    if (out == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NL)", out, (long long)pos);
+}
+
 static PyMethodDef methods[] = {
+    {"walk_frames", walk_frames, METH_VARARGS, walk_frames_doc},
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {"to_v09", to_v09, METH_VARARGS, to_v09_doc},
+    {"to_v08", to_v08, METH_VARARGS, to_v08_doc},
     {"digests", digests, METH_VARARGS, digests_doc},
     {"validate", validate, METH_VARARGS, validate_doc},
     {"stamp", stamp, METH_VARARGS, stamp_doc},

@@ -332,6 +332,18 @@ def scan_messages(
     fails the checksum, so with `verify_checksums` this finds the end of real data.
     """
     mv = _as_bytes_view(buf)
+    native = _native
+    if native is not None:
+        # The kernel makes the structural walk; checksums then cut the prefix at the first
+        # message that fails, which is where the loop below stops too.
+        raw, valid = native.scan(mv, MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, expected_first_offset)
+        found = np.frombuffer(raw, dtype=np.int64)
+        if verify_checksums and len(found):
+            bad = int(native.checksums_verify(mv, found))
+            if bad >= 0:
+                found = found[:bad]
+                valid = int(found[-1]) if bad else 0
+        return found, int(valid)
     total = mv.nbytes
     unpack = _HEADER.unpack_from
     digest = xxhash.xxh3_64_intdigest

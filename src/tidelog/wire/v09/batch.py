@@ -13,7 +13,7 @@ still done per message, and why:
 * Finding the frames. 0.9 has no index table: frame i+1 starts where frame i's lengths say,
   so the walk is sequential by nature. When every frame has the size of the first one the
   strided view proves the tiling in one comparison; only batches of mixed sizes take the
-  `struct` walk in `_walk_frames` (measured in tests/unit/test_v09_batch.py).
+  walk in `_walk_frames` (the C `walk_frames` loop; a `struct` loop without the kernel).
 * Frame checksums (XXH3-64 has no vectorized numpy form). The C kernel `tidelog._stamp`
   hashes bytes 8..end of each message and compares with bytes 0..8, which is exactly the 0.9
   frame rule (the payload and headers directly follow the 48-byte header), but it insists on
@@ -255,12 +255,16 @@ def _put_rows(a: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> None:
         a[starts[:, None] + _COLS[:width]] = rows
 
 
-def _walk_frames(mv: memoryview, start: int, end: int) -> tuple[list[int], int]:
+def _walk_frames(mv: memoryview, start: int, end: int) -> tuple[np.ndarray, int]:
     """Frame starts from `start` by their length fields, and where the walk stopped.
 
     Sequential by nature (each start depends on the lengths of the frame before) and only
     taken for batches of mixed frame sizes. Bounded: every step advances at least 48 bytes.
     """
+    native = _native
+    if native is not None:
+        raw, stopped = native.walk_frames(mv, start, end)
+        return np.frombuffer(raw, dtype=np.int64), int(stopped)
     unpack = _FRAME_LENGTHS.unpack_from
     starts: list[int] = []
     pos = start
@@ -268,7 +272,7 @@ def _walk_frames(mv: memoryview, start: int, end: int) -> tuple[list[int], int]:
         user_headers, payload = unpack(mv, pos + FRAME_LENGTHS_AT)
         starts.append(pos)
         pos += FRAME_HEADER_SIZE + user_headers + payload
-    return starts, pos
+    return np.array(starts, dtype=np.int64), pos
 
 
 def _tile(mv: memoryview, a: np.ndarray, end: int) -> tuple[np.ndarray, int] | None:
@@ -294,7 +298,7 @@ def _tile(mv: memoryview, a: np.ndarray, end: int) -> tuple[np.ndarray, int] | N
     starts, stopped = _walk_frames(mv, BATCH_HEADER_SIZE, end)
     if stopped != end:
         return None
-    return np.array(starts, dtype=np.int64), 0
+    return starts, 0
 
 
 def _frame_digests(mv: memoryview, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -639,8 +643,22 @@ def v08_to_v09(
     `BatchError` (4038 for the spread); a caller passing garbage gets ValueError.
     """
     mv = _as_bytes_view(buf)
-    src = np.frombuffer(mv, dtype=np.uint8)
     ends = np.ascontiguousarray(ends, dtype=np.int64)
+    native = _native
+    if native is not None and batch_starts is None:
+        converted = native.to_v09(mv, ends, partition_id)
+        if isinstance(converted, int):
+            raise BatchError(Status09(converted))
+        return converted
+    return _v08_to_v09_reference(mv, ends, partition_id, batch_starts)
+
+
+def _v08_to_v09_reference(
+    mv: memoryview, ends: np.ndarray, partition_id: int, batch_starts: np.ndarray | None
+) -> bytearray:
+    """REFERENCE PATH of `v08_to_v09` (numpy, with the digests kernel when built); the C
+    `to_v09` gives the same bytes and errors (tests/unit/test_v09_batch.py)."""
+    src = np.frombuffer(mv, dtype=np.uint8)
     n = len(ends)
     if n == 0:
         return bytearray()
@@ -739,13 +757,34 @@ def v09_to_v08(batches: Sequence[Batch09]) -> tuple[bytearray, np.ndarray]:
 def _one_v09_to_v08(batch: Batch09, out: memoryview) -> np.ndarray:
     """Write `batch` as 0.8 messages into `out` (exactly their size); return their ends."""
     n = batch.count
-    src = np.frombuffer(batch.buf, dtype=np.uint8)
-    frames = batch.frames()
     spans = batch.ends - batch.starts
     size_change = MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE
     out_starts = batch.starts - BATCH_HEADER_SIZE + size_change * np.arange(n)
     out_ends = np.ascontiguousarray(out_starts + spans + size_change, dtype=np.int64)
     assert int(out_ends[-1]) == out.nbytes
+    native = _native
+    if native is not None:
+        native.to_v08(
+            batch.buf,
+            np.ascontiguousarray(batch.starts, dtype=np.int64),
+            np.ascontiguousarray(batch.ends, dtype=np.int64),
+            out,
+            batch.base_offset,
+            batch.base_timestamp,
+            batch.origin_timestamp,
+        )
+        return out_ends
+    return _one_v09_to_v08_reference(batch, out, out_starts, out_ends)
+
+
+def _one_v09_to_v08_reference(
+    batch: Batch09, out: memoryview, out_starts: np.ndarray, out_ends: np.ndarray
+) -> np.ndarray:
+    """REFERENCE PATH of `_one_v09_to_v08` (numpy); the C `to_v08` gives the same bytes."""
+    n = batch.count
+    src = np.frombuffer(batch.buf, dtype=np.uint8)
+    frames = batch.frames()
+    spans = batch.ends - batch.starts
     a = np.frombuffer(out, dtype=np.uint8)
     _move_bodies(
         src, batch.starts, FRAME_HEADER_SIZE, a, out_starts, MESSAGE_HEADER_SIZE, spans - FRAME_HEADER_SIZE
@@ -758,14 +797,6 @@ def _one_v09_to_v08(batch: Batch09, out: memoryview) -> np.ndarray:
     hdr["user_headers_length"] = frames["user_headers_length"]
     hdr["payload_length"] = frames["payload_length"]
     _put_rows(a, out_starts, hdr.view(np.uint8).reshape(n, MESSAGE_HEADER_SIZE))
-    native = _native
-    if native is not None and int(native.zero_ids(out, out_ends)) == 0:
-        # The 0.8 kernel stamps offset base+i, one timestamp and the checksum of every
-        # message: exactly this batch's values, since parse_batch proved the deltas
-        # consecutive. Ids of 0 would be replaced by random ones, so those batches don't come.
-        first = batch.base_offset + int(frames["offset_delta"][0])
-        native.stamp(out, out_ends, first, batch.base_timestamp, None)
-        return out_ends
     # Same rule as 0.8 (hash bytes 8..end), so the same reference helper serves.
     digests = _frame_digests(out, out_starts, out_ends)
     _put_rows(a, out_starts, digests.astype("<u8").view(np.uint8).reshape(n, 8))
