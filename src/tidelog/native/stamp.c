@@ -158,6 +158,40 @@ static int get_messages(PyObject *buf_obj, PyObject *ends_obj, int writable, Py_
     return 0;
 }
 
+/*
+ * The (buf, starts, ends, out) quadruple of the kernels that read spans of buf and write one
+ * result per span or a converted copy into out. On failure all are released and -1 returned.
+ */
+static int get_spans(PyObject *buf_obj, PyObject *starts_obj, PyObject *ends_obj, PyObject *out_obj,
+                     Py_buffer *buf, Py_buffer *starts, Py_buffer *ends, Py_buffer *out) {
+    if (PyObject_GetBuffer(buf_obj, buf, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    if (get_ends(starts_obj, starts) < 0) {
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    if (get_ends(ends_obj, ends) < 0) {
+        PyBuffer_Release(starts);
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    if (get_writable(out_obj, out) < 0) {
+        PyBuffer_Release(ends);
+        PyBuffer_Release(starts);
+        PyBuffer_Release(buf);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_spans(Py_buffer *buf, Py_buffer *starts, Py_buffer *ends, Py_buffer *out) {
+    PyBuffer_Release(out);
+    PyBuffer_Release(ends);
+    PyBuffer_Release(starts);
+    PyBuffer_Release(buf);
+}
+
 static int as_u64(PyObject *obj, const char *name, uint64_t *out) {
     if (!PyLong_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be an int", name);
@@ -498,22 +532,7 @@ static PyObject *digests(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_buffer buf, starts, ends, out;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (get_ends(starts_obj, &starts) < 0) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (get_ends(ends_obj, &ends) < 0) {
-        PyBuffer_Release(&starts);
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (get_writable(out_obj, &out) < 0) {
-        PyBuffer_Release(&ends);
-        PyBuffer_Release(&starts);
-        PyBuffer_Release(&buf);
+    if (get_spans(buf_obj, starts_obj, ends_obj, out_obj, &buf, &starts, &ends, &out) < 0) {
         return NULL;
     }
     Py_ssize_t count = ends.len / 8;
@@ -534,10 +553,7 @@ static PyObject *digests(PyObject *module, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&ends);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&buf);
+    release_spans(&buf, &starts, &ends, &out);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "digests: spans out of bounds or lengths differ");
         return NULL;
@@ -787,22 +803,7 @@ static PyObject *to_v08(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_buffer buf, starts, ends, out;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    if (get_ends(starts_obj, &starts) < 0) {
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (get_ends(ends_obj, &ends) < 0) {
-        PyBuffer_Release(&starts);
-        PyBuffer_Release(&buf);
-        return NULL;
-    }
-    if (get_writable(out_obj, &out) < 0) {
-        PyBuffer_Release(&ends);
-        PyBuffer_Release(&starts);
-        PyBuffer_Release(&buf);
+    if (get_spans(buf_obj, starts_obj, ends_obj, out_obj, &buf, &starts, &ends, &out) < 0) {
         return NULL;
     }
     Py_ssize_t n = ends.len / 8;
@@ -842,10 +843,7 @@ static PyObject *to_v08(PyObject *module, PyObject *args) {
         }
         Py_END_ALLOW_THREADS
     }
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&ends);
-    PyBuffer_Release(&starts);
-    PyBuffer_Release(&buf);
+    release_spans(&buf, &starts, &ends, &out);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "to_v08: frames out of bounds, lengths or output size differ");
         return NULL;
