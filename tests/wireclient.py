@@ -1,10 +1,11 @@
 """A tiny synchronous raw-socket client for server tests (crash, bad input, fuzz).
 
-It speaks the Iggy 0.8 classic framing through the sans-IO codec in ``tidelog.wire`` and
-adds nothing clever: one blocking socket, one request at a time, replies read exactly as
+It speaks the Iggy 0.8 classic framing by driving the client-side state machine of
+``tidelog.wire.framing`` (``ClientFraming``) and adds nothing clever: one blocking socket,
+one request at a time, each read exactly what the machine asks for, so replies are read as
 the SDK reads them (protocol reference 1.3: a non-zero status ends the frame at its 8-byte
-header; a length <= 1 means an empty payload). Tests that need malformed bytes use
-:meth:`WireClient.send_raw` and :meth:`WireClient.read_reply`.
+header; a length <= 1 means an empty payload) and nothing past a reply is consumed. Tests
+that need malformed bytes use :meth:`WireClient.send_raw` and :meth:`WireClient.read_reply`.
 
 :func:`verify_stored` is the independent check of what a server stores: it recomputes every
 message checksum with ``xxhash`` itself instead of trusting the server's storage code.
@@ -25,9 +26,9 @@ import xxhash
 from tidelog.wire import commands as c
 from tidelog.wire import framing
 from tidelog.wire.codes import (
-    FRAME_HEADER_SIZE,
     MESSAGE_HEADER_SIZE,
     POLL_REPLY_HEADER_SIZE,
+    U32_MAX,
     Command,
     Status,
 )
@@ -88,6 +89,8 @@ class WireClient:
         self.address = address
         self.sock = socket.create_connection(parse_address(address), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # No cap of its own: tests decide what a reply may be.
+        self._framing = framing.ClientFraming(max_payload_bytes=U32_MAX)
 
     def __enter__(self) -> WireClient:
         return self
@@ -124,10 +127,20 @@ class WireClient:
         return b"".join(chunks)
 
     def read_reply(self) -> tuple[int, bytes]:
-        status, length = framing.parse_response_header(self.recv_exact(FRAME_HEADER_SIZE))
-        if status != Status.OK or length <= 1:
-            return status, b""
-        return status, self.recv_exact(length)
+        machine = self._framing
+        while True:
+            try:
+                n = self.sock.recv_into(machine.buffer())
+            except ConnectionResetError as exc:
+                raise ServerClosed("connection reset") from exc
+            if n == 0:
+                raise ServerClosed(f"EOF after {machine.buffered_bytes} bytes of a reply")
+            event = machine.received(n)
+            if event is None:
+                continue
+            if isinstance(event, framing.FramingError):
+                raise AssertionError(f"unreadable reply: {event.detail}")
+            return event.status, bytes(event.payload)
 
     def is_closed_by_server(self, wait_s: float = 2.0) -> bool:
         """True when the server closes the connection within ``wait_s`` (no bytes pending)."""
@@ -146,7 +159,7 @@ class WireClient:
 
     # ---- requests --------------------------------------------------------------------------
     def request(self, code: int, payload: bytes = b"") -> tuple[int, bytes]:
-        self.send_raw(framing.encode_request(code, payload))
+        self.send_raw(self._framing.request(code, payload))
         return self.read_reply()
 
     def call(self, req: Request) -> bytes:

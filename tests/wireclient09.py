@@ -1,8 +1,10 @@
 """A tiny synchronous raw-socket client for 0.9 server tests.
 
-It builds request headers the way the 0.11 SDK does (``request_header_for``) and splits the
-server's bytes with the sans-IO ``ReplyDecoder``: one blocking socket, one request in
-flight. :meth:`Client09.send_raw` sends arbitrary bytes for the bad-input tests.
+It drives the client-side state machine of ``tidelog.wire.v09.frames`` (``ClientFraming``):
+request headers built and numbered the way the 0.11 SDK does, replies and evictions read
+exactly as far as the machine asks: one blocking socket, one request in flight.
+:meth:`Client09.send_raw` sends arbitrary bytes for the bad-input tests; ``client``,
+``session`` and ``request`` (the last number taken) may be set to forge headers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import uuid
 
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.codes import PROTOCOL_VERSION, CommandCode, Operation
-from tidelog.wire.v09.header import request_header_for
 
 SDK_VERSION = f.ClientVersionInfo(PROTOCOL_VERSION, "rust-sdk", "0.11.0")
 Answer = f.ReplyReceived | f.EvictionReceived
@@ -30,8 +31,15 @@ class Client09:
         self.client = uuid.uuid4().int or 1
         self.session = 0
         self.request = 0
-        self._decoder = f.ReplyDecoder()
-        self._answers: list[Answer] = []
+        self._framing = f.ClientFraming(client=self.client)
+
+    def _machine(self) -> f.ClientFraming:
+        """The framing machine, told the ids a test may have forged in the meantime."""
+        machine = self.__dict__.get("_framing")
+        if machine is None:  # made with __new__ to build frames only
+            machine = self._framing = f.ClientFraming()
+        machine.client, machine.session, machine.request_number = self.client, self.session, self.request
+        return machine
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -48,15 +56,17 @@ class Client09:
         self.sock.sendall(data)
 
     def read_answer(self) -> Answer:
-        while not self._answers:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
+        machine = self._framing
+        while True:
+            n = self.sock.recv_into(machine.buffer())
+            if n == 0:
                 raise Closed("server closed the connection")
-            for event in self._decoder.feed(chunk):
-                if isinstance(event, f.ReplyViolation):
-                    raise AssertionError(f"bad reply from server: {event}")
-                self._answers.append(event)
-        return self._answers.pop(0)
+            event = machine.received(n)
+            if event is None:
+                continue
+            if isinstance(event, f.ReplyViolation):
+                raise AssertionError(f"bad reply from server: {event}")
+            return event
 
     def closed_by_server(self) -> bool:
         """True when the server closes without sending anything more."""
@@ -67,17 +77,10 @@ class Client09:
 
     # ---- requests -------------------------------------------------------------------------
     def frame(self, operation: Operation, body: bytes = b"", code: int = 0) -> bytes:
-        if operation not in (Operation.REGISTER, Operation.NON_REPLICATED):
-            self.request += 1
-        header = request_header_for(
-            operation,
-            body,
-            client=self.client,
-            request=self.request if operation != Operation.REGISTER else 0,
-            session=self.session if operation != Operation.REGISTER else 0,
-            command_code=code,
-        )
-        return header.encode() + body
+        machine = self._machine()
+        frame = machine.frame(operation, body, code)
+        self.request = machine.request_number
+        return frame
 
     def call(self, operation: Operation, body: bytes = b"", code: int = 0) -> Answer:
         self.send_raw(self.frame(operation, body, code))

@@ -5,11 +5,14 @@ outlive their connection (defect 8)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from collections.abc import Awaitable
 from typing import Any
 
-from tidelog.server.connection import Connection, Reply
+import pytest
+
+from tidelog.server.connection import Connection, Ok, Result
 from tidelog.server.limits import ConnectionGate, ConnectionLimits
 from tidelog.wire.codes import Command
 
@@ -66,9 +69,9 @@ class FakeHandler:
 
     def handle(
         self, conn: Connection, code: int, payload: memoryview, owned: bool
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         self.handled.append((code, len(payload)))
-        return [b"ok"]
+        return Ok([b"ok"])
 
     def connection_made(self, conn: Connection) -> None:
         self.made.append(conn)
@@ -202,3 +205,27 @@ async def test_connection_given_pending_timers_when_connection_lost_should_cance
     conn.connection_lost(None)
     assert all(t is not None and t.cancelled() for t in timers)
     assert conn._request_timer is None and conn._login_timer is None
+
+
+async def test_connection_given_half_a_request_when_client_vanishes_should_log_and_drop_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler, gate = FakeHandler(), ConnectionGate(limits())
+    conn, _ = connect(handler, gate)
+    feed(conn, header(100, Command.PING)[:5])
+    with caplog.at_level(logging.INFO, logger="tidelog.server.limits"):
+        conn.connection_lost(ConnectionResetError())
+    assert any("lost in the middle of a request" in r.getMessage() for r in caplog.records)
+    assert handler.lost == [conn] and not handler.handled
+
+
+async def test_connection_given_whole_requests_when_client_leaves_should_not_log_a_partial_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handler, gate = FakeHandler(), ConnectionGate(limits())
+    conn, _ = connect(handler, gate)
+    feed(conn, header(0, Command.PING))
+    await settle()
+    with caplog.at_level(logging.INFO, logger="tidelog.server.limits"):
+        conn.connection_lost(None)
+    assert not any("lost in the middle" in r.getMessage() for r in caplog.records)

@@ -1,14 +1,15 @@
 """Benchmark actors: producer, consumer and producing-consumer loops, one process each.
 
-Each actor owns one TCP connection driven by a lean ``asyncio.BufferedProtocol`` on uvloop: a
-reply is received into one reusable buffer and only its 8-byte frame header (and, for polls,
-the 16-byte poll header) is ever decoded. Send frames are encoded once before the start
+Each actor owns one TCP connection driven by a lean ``asyncio.BufferedProtocol`` on uvloop over
+the generation's client-side framing machine (``wire/``): a reply body is received into one
+reusable buffer and only its frame header (and, for polls, the 16-byte poll header) is ever
+decoded. Send frames are encoded once before the start
 barrier and written unchanged for every batch; the poll frame is encoded once and its offset
 (and partition) fields are patched in place. So the hot loops do no per-message Python work,
 and the client side stays far from being the bottleneck.
 
 Both generations are spoken: 0.9 (VSR framing, the default) and 0.8 (classic framing). The
-wire class owns the difference (header size, reply header parsing, request numbers, login),
+wire class owns the difference (its framing machine, request numbers, login),
 and every loop below runs unchanged over either. A 0.9 send frame is a batch built once
 (checksums valid, so the server accepts it unchanged every time) whose only per-send change
 is the header's request number.
@@ -38,6 +39,7 @@ from tidelog.wire.codes import (
     FRAME_HEADER_SIZE,
     MESSAGE_HEADER_SIZE,
     POLL_REPLY_HEADER_SIZE,
+    U32_MAX,
     Command,
     Status,
 )
@@ -52,7 +54,8 @@ from tidelog.wire.commands import (
     PollMessages,
     encode_send_messages,
 )
-from tidelog.wire.framing import encode_request
+from tidelog.wire.framing import ClientFraming as ClientFraming08
+from tidelog.wire.framing import ReplyReceived as ReplyReceived08
 from tidelog.wire.v09 import frames as f09
 from tidelog.wire.v09.batch import build_batch
 from tidelog.wire.v09.bodies import SyncConsumerGroup, decode_sync_group09, encode_send_messages09
@@ -63,24 +66,15 @@ from tidelog.wire.v09.codes import (
     Operation,
     ReplyFraming,
     Status09,
-    VsrCommand,
     operation_for_code,
     reply_framing,
 )
-from tidelog.wire.v09.header import (
-    COMMAND_OFFSET,
-    HEADER_SIZE,
-    REPLY_OFFSETS,
-    REQUEST_OFFSETS,
-    SIZE_OFFSET,
-    request_header_for,
-)
+from tidelog.wire.v09.header import HEADER_SIZE
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue
     from multiprocessing.synchronize import Barrier
 
-_FRAME_HEADER = struct.Struct("<II")
 _POLL_COUNT = struct.Struct("<I")
 _POLL_COUNT_AT = 12  # partition_id u32, current_offset u64, then messages_count u32
 _U32 = struct.Struct("<I")
@@ -92,8 +86,6 @@ _POLL_PARTITION_IN_TAIL = 1
 _POLL_VALUE_IN_TAIL = 6
 assert _POLL_TAIL_SIZE == 19 and POLL_REPLY_HEADER_SIZE == _POLL_COUNT_AT + 4
 
-_REQUEST_NUMBER_AT = REQUEST_OFFSETS["request"]
-_REPLY_STATUS_AT = REPLY_OFFSETS["status"]
 # Section 4.5: a group poll answers this partition id when the member's assignment is stale.
 _STALE_ASSIGNMENT = 0xFFFFFFFF
 # What the bench says it is at login (section 3.2): the SDK generation it speaks.
@@ -139,11 +131,13 @@ class BenchWireError(RuntimeError):
 
 
 class LeanWire(asyncio.BufferedProtocol):
-    """One request in flight; each reply lands in one reusable buffer (``self.reply``).
+    """One request in flight; each reply body lands in one reusable buffer (``self.reply``).
 
-    This class speaks 0.8 (8-byte reply header ``status, length``); :class:`LeanWire09`
-    overrides the framing hooks (``header_size``, ``_parse_header``, ``request``,
-    ``renumber``, ``result``, ``login``) for 0.9.
+    The framing is the generation's client-side machine (``wire/framing.py`` for 0.8,
+    :class:`LeanWire09` with ``wire/v09/frames.py``): it says how many bytes to receive next,
+    the header goes into the machine's buffer and the body straight into ``self.reply``.
+    This class speaks 0.8; :class:`LeanWire09` overrides the hooks (``_outcome``,
+    ``request``, ``template``, ``renumber``, ``result``, ``login``) for 0.9.
     """
 
     protocol: ClassVar[Protocol] = Protocol.V08
@@ -154,17 +148,16 @@ class LeanWire(asyncio.BufferedProtocol):
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
-        self._header = bytearray(self.header_size)
-        self._header_view = memoryview(self._header)
+        self.framing: ClientFraming08 | f09.ClientFraming = self._new_framing()
         self.reply = bytearray(_INITIAL_REPLY_BYTES)
         self._reply_view = memoryview(self.reply)
         self.reply_length = 0
-        self._want = 0
-        self._filled = 0
-        self._in_payload = False
-        self._status = 0
         self._waiter: asyncio.Future[int] | None = None
         self._lost: BaseException | None = None
+
+    def _new_framing(self) -> ClientFraming08 | f09.ClientFraming:
+        # The benchmark's own buffer grows to any reply: no cap below the u32 length.
+        return ClientFraming08(max_payload_bytes=U32_MAX)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport is not an asyncio.Transport subclass; it has the same methods.
@@ -174,41 +167,31 @@ class LeanWire(asyncio.BufferedProtocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # Never hand out more than the current frame needs: the next frame must start in the
-        # header buffer (only one request is in flight, but the server may say goodbye).
-        if self._in_payload:
-            return self._reply_view[self._filled : self._want]
-        return self._header_view[self._filled :]
+        # Never more than the current step needs: the next frame must start in the header
+        # buffer (only one request is in flight, but the server may say goodbye).
+        return self.framing.buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._filled += nbytes
-        if self._in_payload:
-            if self._filled == self._want:
-                self._in_payload = False
-                self._filled = 0
-                self._complete(self._status)
+        framing = self.framing
+        was_body = framing.reading_body
+        event = framing.received(nbytes)
+        if event is None:
+            if not was_body and framing.reading_body:  # a header announced a body
+                length = framing.bytes_needed
+                if length > len(self.reply):
+                    self.reply = bytearray(max(length, 2 * len(self.reply)))
+                    self._reply_view = memoryview(self.reply)
+                framing.use_body_buffer(self._reply_view)
             return
-        if self._filled < self.header_size:
-            return
-        self._filled = 0
-        status, length = self._parse_header()
-        if length == 0:
-            self.reply_length = 0
-            self._complete(status)
-            return
-        if length > len(self.reply):
-            self.reply = bytearray(max(length, 2 * len(self.reply)))
-            self._reply_view = memoryview(self.reply)
-        self.reply_length = length
-        self._status = status
-        self._want = length
-        self._in_payload = True
+        status, self.reply_length = self._outcome(event)
+        self._complete(status)
 
-    def _parse_header(self) -> tuple[int, int]:
-        """(status, payload bytes) of the reply header just received."""
-        status, length = _FRAME_HEADER.unpack_from(self._header)
-        # A length of 0 or 1 means "no payload" (the SDK's rule; one byte is never sent).
-        return status, 0 if length <= 1 else length
+    def _outcome(self, event: object) -> tuple[int, int]:
+        """(status, body bytes in ``reply``) of a reply event."""
+        if isinstance(event, ReplyReceived08):
+            return event.status, len(event.payload)
+        self.close()  # a FramingError: the stream is lost
+        return BAD_REPLY, 0
 
     def _complete(self, status: int) -> None:
         waiter = self._waiter
@@ -241,6 +224,8 @@ class LeanWire(asyncio.BufferedProtocol):
         return self._reply_view[: self.reply_length]
 
     def failure(self, what: str, status: int) -> BenchWireError:
+        if status == BAD_REPLY:
+            return BenchWireError(f"{what}: the server sent a frame the SDK would refuse")
         return BenchWireError(f"{what} failed with status {status} ({_status_name(status)})")
 
     def close(self) -> None:
@@ -250,7 +235,7 @@ class LeanWire(asyncio.BufferedProtocol):
     # ---- framing hooks (0.8) -----------------------------------------------------------
     def request(self, code: CommandCode, body: bytes) -> bytearray:
         """A whole request frame for ``code``."""
-        return bytearray(encode_request(Command(int(code)), body))
+        return bytearray(ClientFraming08.request(Command(int(code)), body))
 
     def template(self, code: CommandCode, body: bytes) -> bytearray:
         """A frame to be sent many times, each time after :meth:`renumber`."""
@@ -273,27 +258,38 @@ class LeanWire(asyncio.BufferedProtocol):
 
 class LeanWire09(LeanWire):
     """The 0.9 framing (sections 1.2-1.7 of the 0.9 reference): 256-byte headers, the
-    session and request number of a VSR client, result sections and evictions."""
+    session and request number of a VSR client (kept by the machine), result sections and
+    evictions."""
 
     protocol: ClassVar[Protocol] = Protocol.V09
     header_size: ClassVar[int] = HEADER_SIZE
     renumbers: ClassVar[bool] = True
+    framing: f09.ClientFraming
 
     def __init__(self) -> None:
         super().__init__()
-        self.client = uuid.uuid4().int or 1  # a VSR client id is a non-zero u128
-        self.session = 0
-        self.request_number = 0
         self.eviction_reason: int | None = None
 
-    def _parse_header(self) -> tuple[int, int]:
-        header = self._header
-        size = _U32.unpack_from(header, SIZE_OFFSET)[0]
-        command = header[COMMAND_OFFSET]
-        if command == VsrCommand.REPLY and size >= HEADER_SIZE:
-            return _U32.unpack_from(header, _REPLY_STATUS_AT)[0], size - HEADER_SIZE
-        if command == VsrCommand.EVICTION and size == HEADER_SIZE:
-            self.eviction_reason = header[HEADER_SIZE - 1]  # reason: the header's last byte (1.6)
+    def _new_framing(self) -> f09.ClientFraming:
+        return f09.ClientFraming(client=uuid.uuid4().int or 1)  # a VSR client id is a non-zero u128
+
+    @property
+    def session(self) -> int:
+        return self.framing.session
+
+    @session.setter
+    def session(self, value: int) -> None:
+        self.framing.session = value
+
+    @property
+    def request_number(self) -> int:
+        return self.framing.request_number
+
+    def _outcome(self, event: object) -> tuple[int, int]:
+        if isinstance(event, f09.ReplyReceived):
+            return event.header.status, len(event.body)
+        if isinstance(event, f09.EvictionReceived):
+            self.eviction_reason = event.header.reason
             return EVICTED, 0
         # Anything else would make the SDK give up the connection ("Invalid command", 1.3).
         self.close()
@@ -316,36 +312,19 @@ class LeanWire09(LeanWire):
         return BenchWireError(f"{what} failed with status {status} ({name})")
 
     def request(self, code: CommandCode, body: bytes) -> bytearray:
-        # Numbering as the SDK (and tests/wireclient09.py): Register carries request 0 and no
-        # session, NonReplicated reuses the current number, everything else takes the next.
         operation = operation_for_code(code)
-        if operation not in (Operation.REGISTER, Operation.NON_REPLICATED):
-            self.request_number += 1
-        register = operation == Operation.REGISTER
-        header = request_header_for(
-            operation,
-            body,
-            client=self.client,
-            request=0 if register else self.request_number,
-            session=0 if register else self.session,
-            command_code=int(code) if operation == Operation.NON_REPLICATED else 0,
-        )
-        return bytearray(header.encode() + body)
+        command = int(code) if operation == Operation.NON_REPLICATED else 0
+        return bytearray(self.framing.frame(operation, body, command))
 
     def template(self, code: CommandCode, body: bytes) -> bytearray:
-        # No number is taken here: renumber() stamps the next one before every send, so the
-        # numbers stay gap-free and in order even with other requests in between.
-        frame = self.request(code, body)
-        if operation_for_code(code) not in (Operation.REGISTER, Operation.NON_REPLICATED):
-            self.request_number -= 1
-            _U64.pack_into(frame, _REQUEST_NUMBER_AT, 0)
-        return frame
+        operation = operation_for_code(code)
+        command = int(code) if operation == Operation.NON_REPLICATED else 0
+        return self.framing.template(operation, body, command)
 
     def renumber(self, frame: bytearray) -> None:
         # SendMessages is not checksummed by the SDK (request_checksum 0), so the request
         # number is the only header field that changes between sends.
-        self.request_number += 1
-        _U64.pack_into(frame, _REQUEST_NUMBER_AT, self.request_number)
+        self.framing.renumber(frame)
 
     def result(self, code: CommandCode, payload: memoryview) -> memoryview:
         if reply_framing(operation_for_code(code)) == ReplyFraming.RAW:

@@ -1,11 +1,19 @@
-"""One client connection: turns socket bytes into (code, payload) requests and writes replies.
+"""One client connection: the I/O shell around a generation's sans-IO framing machine.
+
+The first bytes decide the generation (``frames.detect_generation``); from then on the
+connection drives that generation's ``ServerFraming`` (``wire/framing.py`` for 0.8,
+``wire/v09/frames.py`` for 0.9), which says how many bytes to read next, parses headers into
+request events and violations, and builds reply headers. Handlers see typed requests and
+return typed results (:class:`Ok` with body pieces, :class:`Failed`, :class:`Evicted`,
+:class:`Close`); the connection frames them, so no handler builds a header.
 
 The read side is an ``asyncio.BufferedProtocol`` so the kernel copies straight into buffers we
-own: small frames are parsed in place from a reusable buffer, and a frame larger than that
-gets a buffer of exactly its size, which a SendMessages handler may keep (the batch then
-reaches the storage journal without another copy). Requests are handled strictly one at a
-time, in order; a handler may return an awaitable (e.g. a reply that waits for fsync), and
-reading pauses until it resolves, so a pipelining client cannot queue unbounded work.
+own: small frames are parsed in place from a reusable buffer, and a body larger than that
+gets a buffer of exactly its size (handed to the machine with ``use_body_buffer``), which a
+SendMessages handler may keep (the batch then reaches the storage journal without another
+copy). Requests are handled strictly one at a time, in order; a handler may return an
+awaitable (e.g. a reply that waits for fsync), and reading pauses until it resolves, so a
+pipelining client cannot queue unbounded work.
 
 What one client can hold is bounded (see ``limits``): connections past ``max_connections`` are
 closed on arrival; a large frame's buffer is reserved in a shard-wide budget before it exists
@@ -22,67 +30,91 @@ import logging
 import mmap
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 from tidelog.server.limits import ConnectionGate
 from tidelog.storage.io import FileRange
 from tidelog.wire import framing
-from tidelog.wire.codes import FRAME_HEADER_SIZE, IggyError, Status
+from tidelog.wire.codes import IggyError, Status
 from tidelog.wire.v09 import frames as frames09
 from tidelog.wire.v09.codes import EvictionReason
-from tidelog.wire.v09.frames import Generation, NeedMore, Unrecognized
-from tidelog.wire.v09.header import HEADER_SIZE as V09_HEADER_SIZE
+from tidelog.wire.v09.frames import Action, Generation, NeedMore, Unrecognized, ViolationKind
 from tidelog.wire.v09.header import MAX_FRAME_SIZE as V09_MAX_FRAME_SIZE
-from tidelog.wire.v09.header import RequestHeader, eviction_for
+from tidelog.wire.v09.header import RequestHeader
 
 log = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
-# A reply is a gather write; FileRange pieces are sent from the page cache with os.sendfile.
-Reply = Sequence[Buffer | FileRange]
+# A reply body is a gather write; FileRange pieces are sent from the page cache with os.sendfile.
+Piece = Buffer | FileRange
 
 # Frames up to this size are parsed in place; a handler must not keep a view of such a payload.
 SMALL_BUFFER_BYTES = 256 * 1024
 # Larger payloads get lazily committed anonymous memory rather than a zero-filled bytearray.
 LAZY_BUFFER_BYTES = 8 * 1024 * 1024
-_U32 = struct.Struct("<I")
 # How long 8 first bytes that could begin either generation wait for more before they are
 # taken for what they look like (a 0.8 header with an unknown code, answered as such).
 DETECT_WAIT_S = 0.2
 
 
-class CloseConnection(Exception):
-    """Raised by a handler to send ``reply`` (if any) and then close the connection."""
+# ---- what a handler returns: the connection frames it in its generation --------------------
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """Success; the reply body is ``pieces`` in order (0.8: the payload, 0.9: the body)."""
 
-    def __init__(self, reply: Reply | None = None) -> None:
-        super().__init__()
-        self.reply = reply
+    pieces: Sequence[Piece] = ()
+    close: bool = False  # close the connection once the reply is written
 
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An error status with no body."""
+
+    status: int
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """A 0.9 eviction frame (section 1.6); the protocol window goes only with
+    INCOMPATIBLE_PROTOCOL."""
+
+    reason: EvictionReason
+    close: bool = False
+    server_protocol_version: int = 0
+    server_protocol_version_min: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection without a reply."""
+
+    close: bool = True
+
+
+Result = Ok | Failed | Evicted | Close
+OK_EMPTY = Ok()
 
 # What identifies a request to its generation's dispatcher: the 0.8 command code, or the
 # whole 0.9 request header (operation, code, session and the ids a reply echoes).
 RequestKey = int | RequestHeader
-
-
-class _BadHeader(Exception):
-    def __init__(self, violation: frames09.ProtocolViolation, header: RequestHeader) -> None:
-        super().__init__(violation.detail)
-        self.violation = violation
-        self.header = header
+ServerFraming = framing.ServerFraming | frames09.ServerFraming
+# 0.9 violations of the body that leave the connection usable: answered, then the next frame.
+_BODY_VIOLATIONS = frozenset({ViolationKind.BAD_REQUEST_CHECKSUM, ViolationKind.LEGACY_LOGIN})
 
 
 class Handler(Protocol):
-    """What the connection needs from one generation's dispatcher."""
+    """What the connection needs from one generation's dispatcher. ``handle`` may raise
+    IggyError (answered as :class:`Failed` with its status) and must not keep a view of a
+    payload it does not own (``owned`` False)."""
 
     def payload_limit(self, conn: Connection, key: RequestKey) -> int: ...
 
     def handle(
         self, conn: Connection, key: RequestKey, payload: memoryview, owned: bool
-    ) -> Reply | Awaitable[Reply]: ...
-
-    def error_reply(self, key: RequestKey, status: int) -> Reply: ...
+    ) -> Result | Awaitable[Result]: ...
 
     def connection_made(self, conn: Connection) -> None: ...
 
@@ -111,7 +143,7 @@ class Connection(asyncio.BufferedProtocol):
         if v09_handler is not None:
             self._handlers[Generation.V09] = v09_handler
         self.generation: Generation | None = None
-        self._header_size = 0  # of the generation's request header; 0 until it is known
+        self._framing: ServerFraming | None = None  # the generation's machine, once known
         self._detect_timer: asyncio.TimerHandle | None = None
         self._high_bytes = write_buffer_high_bytes
         self._nodelay = nodelay
@@ -127,9 +159,8 @@ class Connection(asyncio.BufferedProtocol):
         self._small_view = memoryview(self._small)
         self._start = 0  # first unparsed byte in _small
         self._end = 0  # end of received bytes in _small
-        self._big: bytearray | mmap.mmap | None = None  # payload of one large frame being received
-        self._big_filled = 0
-        self._big_key: RequestKey = 0
+        # The body of one large frame, being received into its own buffer by the machine.
+        self._big: bytearray | mmap.mmap | None = None
         self._busy = False  # a handler's awaitable is pending
         self._pending: asyncio.Future[None] | None = None
         self._sock_fd = -1  # for os.sendfile
@@ -176,6 +207,10 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
+        if self._mid_frame():
+            # Nothing of a half-received request is applied; say so (rate-limited: a flood of
+            # vanishing clients must not flood the log).
+            self._gate.timeouts.info("connection %s lost in the middle of a request: dropped", self.peer)
         self.closed = True
         self._big = None
         for timer in (self._request_timer, self._login_timer, self._detect_timer):
@@ -201,21 +236,22 @@ class Connection(asyncio.BufferedProtocol):
         self._process()
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        framing_ = self._framing
         if self._big is not None:
-            return memoryview(self._big)[self._big_filled :]
-        # Exact reads, as Iggy does: first the 8-byte header, then exactly the rest of a small
-        # frame. Reading further would pull the next frame's payload into this buffer, and a
-        # large payload would then have to be copied out of it into its own buffer.
+            assert framing_ is not None
+            return framing_.buffer()  # the rest of the large body, in its own buffer
+        # Exact reads, as Iggy does: what the machine needs next (the header, then exactly
+        # the body). Reading further would pull the next frame's payload into this buffer, and
+        # a large payload would then have to be copied out of it into its own buffer.
         pending = self._end - self._start
-        hsize = self._header_size
-        # Generation unknown: enough to tell (a 0.8 ping is only 8 bytes).
-        want = (hsize or frames09.GENERATION_PROBE_BYTES) - pending
-        if want <= 0 and hsize:
-            want = hsize + self._payload_len(self._small_view[self._start : self._start + hsize]) - pending
-            if want <= 0:  # complete frames wait for a busy handler: take the next header
-                want = hsize
-        if want <= 0:
-            want = hsize or frames09.GENERATION_PROBE_BYTES
+        if framing_ is None:  # generation unknown: enough to tell (a 0.8 ping is only 8 bytes)
+            want = frames09.GENERATION_PROBE_BYTES - pending
+            if want <= 0:
+                want = frames09.GENERATION_PROBE_BYTES
+        else:
+            want = framing_.bytes_needed - pending
+            if want <= 0:  # a complete step waits for a busy handler: take the next header
+                want = framing_.header_size
         if self._end + want > len(self._small):
             self._compact()
         return self._small_view[self._end : min(self._end + want, len(self._small))]
@@ -223,12 +259,12 @@ class Connection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._last_progress = self._loop.time()
         if self._big is not None:
-            self._big_filled += nbytes
-            if self._big_filled == len(self._big):
-                big, key = self._big, self._big_key
+            assert self._framing is not None
+            event = self._framing.received(nbytes)
+            if event is not None:
                 self._big = None
                 self._release_budget()  # the handler owns the buffer now
-                if not self._dispatch(key, memoryview(big), owned=True):
+                if not self._on_event(event, owned=True):
                     return
         else:
             self._end += nbytes
@@ -238,16 +274,11 @@ class Connection(asyncio.BufferedProtocol):
         return None  # close our side too
 
     # ---- frame parsing -----------------------------------------------------------------
-    def _payload_len(self, header: memoryview) -> int:
-        if self.generation is Generation.V09:
-            return max(int.from_bytes(header[48:52], "little") - V09_HEADER_SIZE, 0)
-        return max(_U32.unpack_from(header)[0] - 4, 0)
-
     def _detect(self, final: bool = False) -> bool:
         """Decide the connection's generation from its first bytes; False: not yet (or closed)."""
         found = frames09.detect_generation(self._small_view[self._start : self._end], final=final)
         if isinstance(found, NeedMore):
-            if self._detect_timer is None and self._end - self._start >= FRAME_HEADER_SIZE:
+            if self._detect_timer is None and self._end - self._start >= framing.FRAME_HEADER_SIZE:
                 # A 0.8 header with an unknown code may be all the client sends before it
                 # waits for the answer: decide on what came if nothing more does.
                 self._detect_timer = self._loop.call_later(DETECT_WAIT_S, self._detect_final)
@@ -268,79 +299,67 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             return False
         self.generation = found
-        self._handler = self._handlers[found]
-        self._header_size = V09_HEADER_SIZE if found is Generation.V09 else FRAME_HEADER_SIZE
+        handler = self._handler = self._handlers[found]
+
+        def limit(key: RequestKey) -> int:
+            return handler.payload_limit(self, key)
+
+        if found is Generation.V09:
+            self._framing = frames09.ServerFraming(max_frame_size=V09_MAX_FRAME_SIZE, payload_limit=limit)
+        else:
+            self._framing = framing.ServerFraming(limit)
         return True
 
     def _detect_final(self) -> None:
         self._detect_timer = None
-        if not self.closed and not self._header_size and self._detect(final=True):
+        if not self.closed and self._framing is None and self._detect(final=True):
             self._process()
-
-    def _parse_header(self, header: memoryview) -> tuple[int, RequestKey]:
-        if self.generation is Generation.V09:
-            request = RequestHeader.decode(header)
-            violation = frames09.check_header(request, max_frame_size=V09_MAX_FRAME_SIZE)
-            if violation is not None:
-                raise _BadHeader(violation, request)
-            return request.size - V09_HEADER_SIZE, request
-        return framing.parse_request_header(header)
 
     def _process(self) -> None:
         while not self._busy and not self.closed and not self._writing_paused:
-            if not self._header_size and not self._detect():
-                break
-            hsize = self._header_size
-            available = self._end - self._start
-            if available < hsize:
-                break
+            framing_ = self._framing
+            if framing_ is None:
+                if not self._detect():
+                    break
+                framing_ = self._framing
+                assert framing_ is not None
+            if self._big is not None:
+                break  # a large body is being received into its own buffer
+            need = framing_.bytes_needed
+            if need == 0:
+                break  # the machine is closed: framing is lost, the connection is closing
             start = self._start
-            key: RequestKey = 0
-            try:
-                payload_len, key = self._parse_header(self._small_view[start : start + hsize])
-                limit = self._handler.payload_limit(self, key)
-                if payload_len > limit:
-                    # Framing is lost for us (we will not buffer that much): say why, then close.
-                    raise IggyError(Status.INVALID_SIZE_BYTES, f"payload {payload_len} > {limit}")
-            except _BadHeader as bad:
-                self._refuse_header(bad)
-                return
-            except IggyError as exc:
-                log.info("closing connection %s: %s", self.peer, exc)
-                self._write(self._handler.error_reply(key, exc.status))
-                self.close()
-                return
-            frame_end = start + hsize + payload_len
-            if frame_end <= self._end:
-                self._start = frame_end
-                payload = self._small_view[start + hsize : frame_end]
-                if not self._dispatch(key, payload, owned=False):
+            if self._end - start >= need:
+                self._start = start + need
+                step = self._small_view[start : start + need]
+                event = framing_.take(step)  # parsed in place: no copy
+                if event is not None and not self._on_event(event, owned=False, raw=step):
                     return
                 continue
-            if hsize + payload_len <= len(self._small):
-                if frame_end > len(self._small):
+            if not framing_.reading_body or need <= len(self._small):
+                if start + need > len(self._small):
                     self._compact()
-                break  # wait for the rest of a small frame
-            # A large frame: give it its own exact-size buffer and receive into it directly,
+                break  # wait for the rest of a header or small body
+            # A large body: give it its own exact-size buffer and receive into it directly,
             # once the shard-wide budget has room for it (else wait, reading paused).
             if self._waiting_bytes:
                 break  # still queued for budget
             if not self._reserved_bytes:
-                if not self._gate.reserve(payload_len, self._budget_granted):
-                    self._waiting_bytes = payload_len
+                if not self._gate.reserve(need, self._budget_granted):
+                    self._waiting_bytes = need
                     break
-                self._reserved_bytes = payload_len
-            have = self._end - start - hsize
+                self._reserved_bytes = need
             # Below LAZY_BUFFER_BYTES a bytearray (the allocator reuses these: no page faults);
             # above, anonymous memory committed page by page as bytes arrive, so a header
             # declaring a huge payload costs the server only what the client really sends.
-            big: bytearray | mmap.mmap = (
-                bytearray(payload_len) if payload_len <= LAZY_BUFFER_BYTES else mmap.mmap(-1, payload_len)
-            )
-            if have:
-                big[:have] = self._small_view[start + hsize : self._end]
+            big: bytearray | mmap.mmap = bytearray(need) if need <= LAZY_BUFFER_BYTES else mmap.mmap(-1, need)
+            framing_.use_body_buffer(memoryview(big))
+            have = self._end - start
+            if have:  # cannot complete the body: it is larger than the small buffer
+                framing_.buffer()[:have] = self._small_view[start : self._end]
+                framing_.received(have)
             self._start = self._end = 0
-            self._big, self._big_filled, self._big_key = big, have, key
+            self._big = big
             break
         if self._start == self._end:
             self._start = self._end = 0
@@ -348,23 +367,53 @@ class Connection(asyncio.BufferedProtocol):
         if self._request_timer is None and self._mid_frame() and not self.closed:
             self._request_timer = self._loop.call_later(self._request_timeout_s, self._check_request)
 
-    def _refuse_header(self, bad: _BadHeader) -> None:
+    def _on_event(
+        self, event: framing.ServerEvent | frames09.Event, owned: bool, raw: memoryview | None = None
+    ) -> bool:
+        """Acts on one event of the machine; False when the connection closed or must wait."""
+        if type(event) is framing.RequestReceived:
+            return self._dispatch(event.code, event.payload, owned)
+        if type(event) is frames09.RequestReceived:
+            return self._dispatch(event.header, event.body, owned)
+        if type(event) is framing.FramingError:
+            # Framing is lost for us (a bad length, or more than we will buffer): say why, close.
+            log.info("closing connection %s: %s", self.peer, event.detail)
+            self._write(framing.ServerFraming.reply_header(None, 0, event.status))
+            self.close()
+            return False
+        violation = event
+        assert isinstance(violation, frames09.ProtocolViolation)
+        if violation.kind in _BODY_VIOLATIONS:
+            kind_name, detail = violation.kind.value, violation.detail
+            log.info("0.9 request from %s refused: %s (%s)", self.peer, kind_name, detail)
+            answer = violation.response()
+            if answer is not None:
+                self._write(answer)
+            self._watch_login()
+            return True
+        self._refuse_header(violation, raw)
+        return False
+
+    def _refuse_header(self, violation: frames09.ProtocolViolation, raw: memoryview | None) -> None:
         """A 0.9 header the connection cannot continue after: log why, answer with the
         eviction the reference names where the client can be told (it then fails at once
         instead of waiting 30 s for a reply), and close."""
-        violation, header = bad.violation, bad.header
-        log.warning(
-            "closing connection %s: bad 0.9 request header (%s: %s), first bytes [%s]",
-            self.peer,
-            violation.kind.value,
-            violation.detail,
-            _hex(self._small_view[self._start : self._start + 64]),
-        )
+        header = violation.header
+        if violation.kind is ViolationKind.BODY_TOO_LARGE:
+            log.info("closing connection %s: %s", self.peer, violation.detail)
+        else:
+            log.warning(
+                "closing connection %s: bad 0.9 request header (%s: %s), first bytes [%s]",
+                self.peer,
+                violation.kind.value,
+                violation.detail,
+                _hex(raw) if raw is not None else "",
+            )
         reply = violation.response()
-        if reply is None and header.client != 0 and violation.action is frames09.Action.DROP:
-            reply = eviction_for(header.client, EvictionReason.INVALID_REQUEST_OPERATION).encode()
+        if reply is None and header is not None and header.client != 0 and violation.action is Action.DROP:
+            reply = frames09.ServerFraming.eviction(header, EvictionReason.INVALID_REQUEST_OPERATION)
         if reply is not None:
-            self._write([reply])
+            self._write(reply)
         self.close()
 
     def _compact(self) -> None:
@@ -391,7 +440,8 @@ class Connection(asyncio.BufferedProtocol):
             self._gate.release(reserved)
 
     def _mid_frame(self) -> bool:
-        return self._big is not None or self._end > self._start
+        framing_ = self._framing
+        return self._end > self._start or (framing_ is not None and framing_.mid_frame)
 
     def _check_request(self) -> None:
         """Request timer: closes the connection when a begun frame has had no bytes for
@@ -448,21 +498,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, key: RequestKey, payload: memoryview, owned: bool) -> bool:
         """Runs one request. Returns False when the connection closed or parsing must wait."""
-        handler = self._handler
         try:
-            result = handler.handle(self, key, payload, owned)
-        except CloseConnection as exc:
-            if exc.reply:
-                self._write(exc.reply)
-            self.close()
-            return False
+            result = self._handler.handle(self, key, payload, owned)
         except IggyError as exc:
-            self._write(handler.error_reply(key, exc.status))
+            self._reply(key, Failed(exc.status))
             self._watch_login()
             return True
         except Exception:
             log.exception("handler failed for request %s from %s", key, self.peer)
-            self._write(handler.error_reply(key, Status.ERROR))
+            self._reply(key, Failed(Status.ERROR))
             return True
         if isinstance(result, Awaitable):
             self._busy = True
@@ -470,38 +514,71 @@ class Connection(asyncio.BufferedProtocol):
             # Keep a reference: the loop holds tasks only weakly.
             self._pending = asyncio.ensure_future(self._finish(key, result))
             return False
-        self._write(result)
+        if not self._reply(key, result):
+            return False
         self._watch_login()
         return True
 
-    async def _finish(self, key: RequestKey, pending: Awaitable[Reply]) -> None:
-        handler = self._handler
+    async def _finish(self, key: RequestKey, pending: Awaitable[Result]) -> None:
         try:
-            reply: Reply = await pending
-        except CloseConnection as exc:
-            if exc.reply:
-                self._write(exc.reply)
-            self.close()
-            return
+            result: Result = await pending
         except IggyError as exc:
-            reply = handler.error_reply(key, exc.status)
+            result = Failed(exc.status)
         except Exception:
             log.exception("handler failed for request %s from %s", key, self.peer)
-            reply = handler.error_reply(key, Status.ERROR)
-        self._write(reply)
+            result = Failed(Status.ERROR)
+        if not self._reply(key, result):
+            return
         self._busy = False
         self._watch_login()
         self._process()
 
     # ---- output ------------------------------------------------------------------------
-    def _write(self, reply: Reply) -> None:
+    def _reply(self, key: RequestKey, result: Result) -> bool:
+        """Writes ``result`` framed as the connection's generation frames replies (the
+        machine builds the header from the request); False when it closes the connection."""
+        framing_ = self._framing
+        assert framing_ is not None
+        if type(result) is Ok:
+            pieces = result.pieces
+            size = 0
+            files = False  # whether a piece goes with sendfile
+            for piece in pieces:
+                if type(piece) is memoryview:
+                    size += piece.nbytes
+                else:
+                    size += len(piece)
+                    files = files or type(piece) is FileRange
+            self._write(framing_.reply_header(key, size), pieces, files)  # type: ignore[arg-type]
+        elif type(result) is Failed:
+            self._write(framing_.reply_header(key, 0, result.status))  # type: ignore[arg-type]
+        elif type(result) is Evicted:
+            assert isinstance(framing_, frames09.ServerFraming) and isinstance(key, RequestHeader)
+            frame = framing_.eviction(
+                key,
+                result.reason,
+                server_protocol_version=result.server_protocol_version,
+                server_protocol_version_min=result.server_protocol_version_min,
+            )
+            self._write(frame)
+        if result.close:
+            self.close()
+            return False
+        return True
+
+    def _write(self, header: bytes, pieces: Sequence[Piece] = (), files: bool = False) -> None:
+        """Writes a reply: ``header`` then ``pieces``, of which FileRange ones (``files``)
+        are sent with os.sendfile."""
         if self.closed or self.transport is None:
             return
-        if not any(isinstance(piece, FileRange) for piece in reply):
-            self.transport.writelines(cast(Sequence[Buffer], reply))
+        if not pieces:
+            self.transport.write(header)
             return
-        memory: list[Buffer] = []
-        for piece in reply:
+        if not files:
+            self.transport.writelines([header, *cast(Sequence[Buffer], pieces)])
+            return
+        memory: list[Buffer] = [header]
+        for piece in pieces:
             if isinstance(piece, FileRange):
                 if memory:
                     self.transport.writelines(memory)

@@ -2,8 +2,9 @@
 
 Each handler gets a decoded request and the caller's session, checks who may do it
 (``permissions``), changes state through the shard (metadata ops are logged before they are
-visible; data goes to the partition that owns it), and returns the reply payload. Errors are
-``IggyError`` and become an error frame; the connection stays usable.
+visible; data goes to the partition that owns it), and returns the reply payload, which
+``handle`` returns as a typed result (``connection.Ok``: the connection adds the 0.8 header).
+Errors are ``IggyError`` and become an error reply; the connection stays usable.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tidelog import auth
 from tidelog import metadata as md
 from tidelog import permissions as perm
 from tidelog.config import FsyncPolicy, render_config
-from tidelog.server.connection import CloseConnection, Connection, Reply, RequestKey
+from tidelog.server.connection import OK_EMPTY, Connection, Failed, Ok, RequestKey, Result
 from tidelog.server.shard import PartitionKey, Session, Shard
 from tidelog.storage.io import FileRange
 from tidelog.storage.partition import Partition
@@ -52,7 +53,6 @@ PERSISTED = "persisted"
 SERVER_VERSION = "0.8.0"
 SERVER_SEMVER = 8000  # major * 10^6 + minor * 10^3 + patch, as the Stats record wants
 
-_EMPTY_OK = framing.ok_header(0)
 # Commands that change logged metadata: refused with METADATA_READ_ONLY, before any other
 # check, once a metadata write has failed (Shard.apply refuses them too).
 METADATA_COMMANDS: frozenset[int] = frozenset(
@@ -80,10 +80,8 @@ METADATA_COMMANDS: frozenset[int] = frozenset(
 Handler = Callable[[Session, Any], "bytes | Awaitable[bytes | None] | None"]
 
 
-def _reply(payload: bytes | None) -> Reply:
-    if not payload:
-        return [_EMPTY_OK]
-    return [framing.ok_header(len(payload)), payload]
+def _reply(payload: bytes | None) -> Ok:
+    return Ok((payload,)) if payload else OK_EMPTY
 
 
 def _deny() -> IggyError:
@@ -100,7 +98,7 @@ def _when_saved(done: concurrent.futures.Future[None]) -> Awaitable[None] | None
     return asyncio.wrap_future(done)
 
 
-async def _after(saved: Awaitable[None], reply: Reply) -> Reply:
+async def _after(saved: Awaitable[None], reply: Result) -> Result:
     await saved
     return reply
 
@@ -210,22 +208,19 @@ class Dispatcher:
         if isinstance(session, Session):
             self.shard.close_session(session)
 
-    def error_reply(self, key: RequestKey, status: int) -> Reply:
-        return [framing.error_frame(status)]
-
     def handle(
         self, conn: Connection, code: RequestKey, payload: memoryview, owned: bool
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         assert isinstance(code, int)
         session = conn.session
         if not isinstance(session, Session):
             session = self.shard.open_session(conn, conn.peer)
             conn.session = session
         if self.shard.stopping:
-            raise CloseConnection([framing.error_frame(Status.DISCONNECTED)])
+            return Failed(Status.DISCONNECTED, close=True)
         if session.client_id not in self.shard.sessions:
             # Evicted (heartbeat): the reference server answers StaleClient and closes.
-            raise CloseConnection([framing.error_frame(Status.STALE_CLIENT)])
+            return Failed(Status.STALE_CLIENT, close=True)
         if self.heartbeat_enabled:
             # Any request shows the client is alive, not only Ping: a busy producer that never
             # pings must not be evicted.
@@ -240,7 +235,7 @@ class Dispatcher:
             durable = self.send_messages(session, payload, owned)
             if durable is not None:
                 return self._await_write(durable)
-            return [_EMPTY_OK]
+            return OK_EMPTY
         if code == Command.POLL_MESSAGES:
             return self.poll_messages(session, c.PollMessages.decode(payload))
         handler = self.handlers.get(code)
@@ -252,16 +247,16 @@ class Dispatcher:
             return self._await_reply(result)
         return _reply(result)
 
-    async def _await_reply(self, pending: Awaitable[bytes | None]) -> Reply:
+    async def _await_reply(self, pending: Awaitable[bytes | None]) -> Result:
         return _reply(await pending)
 
-    async def _await_write(self, written: concurrent.futures.Future[None]) -> Reply:
+    async def _await_write(self, written: concurrent.futures.Future[None]) -> Result:
         try:
             await asyncio.wrap_future(written)
         except OSError as exc:
             # Not acknowledged. The shard retries the partition's writes (README, Durability).
             raise IggyError(Status.CANNOT_SAVE_MESSAGES, f"write failed: {exc}") from exc
-        return [_EMPTY_OK]
+        return OK_EMPTY
 
     # ---- helpers -----------------------------------------------------------------------
     def _perms(self, session: Session) -> perm.Permissions | None:
@@ -990,7 +985,7 @@ class Dispatcher:
         if req.fsync:  # the partition's consumer offsets too (CANNOT_SAVE_CONSUMER_OFFSET)
             await asyncio.wrap_future(part.offsets.sync())
 
-    def poll_messages(self, session: Session, req: c.PollMessages) -> Reply | Awaitable[Reply]:
+    def poll_messages(self, session: Session, req: c.PollMessages) -> Result | Awaitable[Result]:
         polled = self.poll(session, req, file_ranges=True)
         reply = self._poll_reply(polled.header, polled.chunks)
         return reply if polled.saved is None else _after(polled.saved, reply)
@@ -1048,7 +1043,5 @@ class Dispatcher:
         stored = part.get_offset(kind, ckey)  # next
         return part.first_offset if stored is None else stored + 1
 
-    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Reply:
-        head = header.encode()
-        total = len(head) + sum(ch.nbytes if isinstance(ch, memoryview) else len(ch) for ch in chunks)
-        return [framing.ok_header(total), head, *chunks]
+    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Result:
+        return Ok([header.encode(), *chunks])

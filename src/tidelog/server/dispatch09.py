@@ -22,7 +22,7 @@ from typing import Any
 
 from tidelog import auth
 from tidelog import metadata as md
-from tidelog.server.connection import CloseConnection, Connection, Reply, RequestKey
+from tidelog.server.connection import OK_EMPTY, Close, Connection, Evicted, Failed, Ok, RequestKey, Result
 from tidelog.server.dispatch import METADATA_COMMANDS, Dispatcher, _after
 from tidelog.server.shard import Session
 from tidelog.storage.io import FileRange
@@ -43,7 +43,7 @@ from tidelog.wire.v09.codes import (
     protocol_version_accepted,
     reply_framing,
 )
-from tidelog.wire.v09.header import RequestHeader, eviction_for, reply_header_for
+from tidelog.wire.v09.header import RequestHeader
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,20 @@ _NOT_FOUND_ON_PARTITION_PATH = frozenset(
 Payload = bytes | bytearray | memoryview
 
 
-def _reply(header: RequestHeader, body: list[Payload] | None = None, status: int = 0) -> Reply:
-    pieces: list[Payload] = body or []
-    size = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in pieces)
-    return [reply_header_for(header, size, status=status).encode(), *pieces]
+def _reply(body: list[Payload] | None = None, status: int = 0) -> Result:
+    """A reply body (or an error status); the connection builds the header from the request."""
+    if status:
+        return Failed(status)
+    return Ok(body) if body else OK_EMPTY
+
+
+def _refusal(violation: f.ProtocolViolation) -> Result:
+    """The documented answer to a request the session rules refuse (section 1.7)."""
+    if violation.action is f.Action.STATUS and violation.status is not None:
+        return Failed(violation.status)
+    if violation.action is f.Action.EVICT and violation.eviction is not None:
+        return Evicted(violation.eviction)
+    return Close()
 
 
 class Dispatcher09:
@@ -165,42 +175,36 @@ class Dispatcher09:
     def connection_lost(self, conn: Connection) -> None:
         self.base.connection_lost(conn)
 
-    def error_reply(self, key: RequestKey, status: int) -> Reply:
-        assert isinstance(key, RequestHeader)
-        return _reply(key, status=status)
-
     def handle(
         self, conn: Connection, key: RequestKey, payload: memoryview, owned: bool
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         header = key
         assert isinstance(header, RequestHeader)
         session = conn.session
         assert isinstance(session, Session)
         if self.shard.stopping:
-            raise CloseConnection(_reply(header, status=Status.DISCONNECTED))
+            return Failed(Status.DISCONNECTED, close=True)
         if session.client_id not in self.shard.sessions:
-            raise CloseConnection([eviction_for(header.client, EvictionReason.STALE_CLIENT).encode()])
+            return Evicted(EvictionReason.STALE_CLIENT, close=True)
         if self.base.heartbeat_enabled:
             session.last_heartbeat_us = self.shard.clock_us()
         event = f.RequestReceived(header, Operation(header.operation), payload)
-        violation = f.check_body(header, payload) or f.check_session(event, session.vsr_session)
+        # The connection's framing machine has checked the body (f.check_body) already.
+        violation = f.check_session(event, session.vsr_session)
         if violation is not None:
-            answer = violation.response()
             log.info(
                 "0.9 request from %s refused: %s (%s)",
                 session.address,
                 violation.kind.value,
                 violation.detail,
             )
-            if answer is None:
-                raise CloseConnection()
-            return [answer]
+            return _refusal(violation)
         op = event.operation
         if op == Operation.REGISTER:
             return self.register(session, header, payload)
         if op == Operation.LOGOUT:
             self.logout(session)
-            return _reply(header)
+            return OK_EMPTY
         if op == Operation.NON_REPLICATED:
             return self.non_replicated(session, header, payload)
         if op == Operation.SEND_MESSAGES:
@@ -208,25 +212,25 @@ class Dispatcher09:
         return self.replicated(session, header, op, payload)
 
     # ---- sessions ----------------------------------------------------------------------
-    def register(self, session: Session, header: RequestHeader, body: memoryview) -> Reply | Awaitable[Reply]:
+    def register(
+        self, session: Session, header: RequestHeader, body: memoryview
+    ) -> Result | Awaitable[Result]:
         if session.vsr_login_reply is not None:
             # Register on a bound connection replays the same reply (section 1.7).
-            return _reply(header, [session.vsr_login_reply])
+            return Ok([session.vsr_login_reply])
         login = f.decode_login(body)
         if isinstance(login, f.MalformedLogin):
             log.info("0.9 login from %s malformed: %s", session.address, login.reason)
-            return self._evict(header, EvictionReason.MALFORMED_LOGIN)
+            return Evicted(EvictionReason.MALFORMED_LOGIN)
         if not protocol_version_accepted(login.version.protocol_version):
-            eviction = eviction_for(
-                header.client,
+            return Evicted(
                 EvictionReason.INCOMPATIBLE_PROTOCOL,
                 server_protocol_version=PROTOCOL_VERSION,
                 server_protocol_version_min=PROTOCOL_VERSION_MIN,
             )
-            return [eviction.encode()]
         return self._login(session, header, login)
 
-    async def _login(self, session: Session, header: RequestHeader, login: f.LoginRequest) -> Reply:
+    async def _login(self, session: Session, header: RequestHeader, login: f.LoginRequest) -> Result:
         user: md.UserMeta | None = None
         reason = EvictionReason.INVALID_CREDENTIALS
         if login.password is not None:
@@ -238,15 +242,15 @@ class Dispatcher09:
             elif login.password is None:
                 reason = EvictionReason.INVALID_TOKEN
         if user is None:
-            return self._evict(header, reason)
+            return Evicted(reason)
         if user.status != 1:
-            return self._evict(header, EvictionReason.USER_INACTIVE)
+            return Evicted(EvictionReason.USER_INACTIVE)
         session.user_id = user.id
         session.vsr_session = next(self._sessions)
         session.vsr_login_reply = f.encode_login_reply(
             f.LoginReply(user_id=user.id, session=session.vsr_session, server_version=SERVER_VERSION_09)
         )
-        return _reply(header, [session.vsr_login_reply])
+        return Ok([session.vsr_login_reply])
 
     async def _password_user(self, login: f.PasswordLogin) -> md.UserMeta | None:
         try:
@@ -260,9 +264,6 @@ class Dispatcher09:
         ok = await asyncio.to_thread(auth.verify_password, user.password_hash, login.password)
         return user if ok else None
 
-    def _evict(self, header: RequestHeader, reason: EvictionReason) -> Reply:
-        return [eviction_for(header.client, reason).encode()]
-
     def logout(self, session: Session) -> None:
         session.user_id = None
         session.vsr_session = None
@@ -272,7 +273,7 @@ class Dispatcher09:
     # ---- requests ----------------------------------------------------------------------
     def non_replicated(
         self, session: Session, header: RequestHeader, body: memoryview
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         code = header.command_code
         if code not in CommandCode._value2member_map_:
             raise IggyError(Status.INVALID_COMMAND, f"unknown command {code}")
@@ -287,24 +288,24 @@ class Dispatcher09:
         else:
             # A replicated command sent as NonReplicated is not one the SDK sends: refuse it.
             raise IggyError(Status.INVALID_COMMAND, f"command {code} is not a read")
-        return self._raw(header, result)
+        return self._raw(result)
 
-    def _raw(self, header: RequestHeader, result: Any) -> Reply | Awaitable[Reply]:
+    def _raw(self, result: Any) -> Result | Awaitable[Result]:
         if isinstance(result, Awaitable):
-            return self._raw_later(header, result)
-        return _reply(header, [result] if result else None)
+            return self._raw_later(result)
+        return _reply([result] if result else None)
 
-    async def _raw_later(self, header: RequestHeader, pending: Awaitable[Payload | None]) -> Reply:
+    async def _raw_later(self, pending: Awaitable[Payload | None]) -> Result:
         result = await pending
-        return _reply(header, [result] if result else None)
+        return _reply([result] if result else None)
 
     def replicated(
         self, session: Session, header: RequestHeader, op: Operation, body: memoryview
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         last = session.vsr_last_reply
         if last is not None and last[:2] == (header.client, header.request):
             # A retry of the request just answered: the same answer, nothing applied twice.
-            return _reply(header, [last[3]] if last[3] else None, status=last[2])
+            return _reply([last[3]] if last[3] else None, status=last[2])
         command = _CODE_FOR_OPERATION[op]
         if int(command) in METADATA_COMMANDS and self.shard.metadata_read_only is not None:
             return self._answer(session, header, None, IggyError(Status.METADATA_READ_ONLY))
@@ -320,7 +321,7 @@ class Dispatcher09:
             return self._answer_later(session, header, result)
         return self._answer(session, header, result, None)
 
-    async def _answer_later(self, session: Session, header: RequestHeader, pending: Awaitable[Any]) -> Reply:
+    async def _answer_later(self, session: Session, header: RequestHeader, pending: Awaitable[Any]) -> Result:
         try:
             result = await pending
         except IggyError as exc:
@@ -329,7 +330,7 @@ class Dispatcher09:
 
     def _answer(
         self, session: Session, header: RequestHeader, result: Payload | None, error: IggyError | None
-    ) -> Reply:
+    ) -> Result:
         """A replicated operation's reply: a result section where the operation has one
         (section 1.5), remembered for a duplicate of the same request."""
         op = Operation(header.operation)
@@ -343,7 +344,7 @@ class Dispatcher09:
         if error is not None and error.status not in (Status.METADATA_READ_ONLY,):
             log.debug("0.9 %s from %s: %s", op.name, session.address, error)
         session.vsr_last_reply = (header.client, header.request, status, body)
-        return _reply(header, [body] if body else None, status=status)
+        return _reply([body] if body else None, status=status)
 
     # ---- system and reads --------------------------------------------------------------
     def get_stats(self, session: Session, req: c.GetStats) -> bytes:
@@ -462,7 +463,7 @@ class Dispatcher09:
     # ---- messages ----------------------------------------------------------------------
     def send_messages(
         self, session: Session, header: RequestHeader, body: memoryview, owned: bool
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         meta = b.SendMessages09Header.decode(body)
         try:
             batch09 = parse_batch(body[meta.batch_offset :], meta.messages_count)
@@ -482,20 +483,20 @@ class Dispatcher09:
         confirmation = b.encode_send_confirmation09(stream_id, topic_id, pid, appended.base_offset)
         if appended.durable is not None:
             return self._after_write(header, appended.durable, confirmation)
-        return _reply(header, [confirmation])
+        return Ok([confirmation])
 
     async def _after_write(
         self, header: RequestHeader, written: concurrent.futures.Future[None], confirmation: bytes
-    ) -> Reply:
+    ) -> Result:
         try:
             await asyncio.wrap_future(written)
         except OSError as exc:
             raise IggyError(Status.CANNOT_SAVE_MESSAGES, f"write failed: {exc}") from exc
-        return _reply(header, [confirmation])
+        return Ok([confirmation])
 
     def poll_messages(
         self, session: Session, header: RequestHeader, req: c.PollMessages
-    ) -> Reply | Awaitable[Reply]:
+    ) -> Result | Awaitable[Result]:
         if req.consumer.kind == 2 and req.partition_id is None:
             # Group members poll explicit partitions from their synced assignment (5.4).
             raise IggyError(Status.INVALID_IDENTIFIER, "a consumer-group poll names its partition")
@@ -506,7 +507,7 @@ class Dispatcher09:
         records = (
             self._records(polled.chunks, polled.header.partition_id) if polled.header.messages_count else b""
         )
-        reply = _reply(header, [head, records] if records else [head])
+        reply = Ok([head, records] if records else [head])
         return reply if polled.saved is None else _after(polled.saved, reply)
 
     @staticmethod

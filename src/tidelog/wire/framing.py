@@ -3,13 +3,19 @@
 Request frame: ``length u32`` (= 4 + payload length) then ``code u32`` then the payload.
 Response frame: ``status u32`` then ``length u32`` (payload length) then the payload.
 
-Nothing here touches a socket: bytes go in, frames come out. The server's connection
-shell and the test clients drive the same :class:`FrameDecoder`.
+Nothing here touches a socket. :class:`ServerFraming` (reads requests, builds reply
+headers) and :class:`ClientFraming` (builds requests, reads replies) are pull-style state
+machines (:mod:`tidelog.wire.pull`): they say how many bytes come next and where they may
+be received, and turn them into events. The server's connection shell, the benchmark's
+connection and the test clients all drive them; :class:`FrameDecoder` is the push-style
+wrapper (``feed(bytes) -> frames``).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from tidelog.wire.codes import (
     FRAME_HEADER_SIZE,
@@ -19,6 +25,7 @@ from tidelog.wire.codes import (
     IggyError,
     Status,
 )
+from tidelog.wire.pull import PullReader
 
 _HEADER = struct.Struct("<II")
 assert _HEADER.size == FRAME_HEADER_SIZE
@@ -46,11 +53,15 @@ def payload_limit(code: int, send_limit_bytes: int) -> int:
     return MAX_CONTROL_PAYLOAD_BYTES
 
 
+def request_header(code: int, payload_length: int) -> bytes:
+    """The 8-byte header of a request carrying ``payload_length`` bytes (client side)."""
+    assert 0 <= payload_length <= U32_MAX - _CODE_SIZE, "payload does not fit a u32 frame length"
+    return _HEADER.pack(payload_length + _CODE_SIZE, code)
+
+
 def encode_request(code: int, payload: bytes | bytearray | memoryview) -> bytes:
     """A whole request frame (client side)."""
-    n = len(payload)
-    assert n + _CODE_SIZE <= U32_MAX, "payload does not fit a u32 frame length"
-    return _HEADER.pack(n + _CODE_SIZE, code) + payload
+    return request_header(code, len(payload)) + payload
 
 
 def ok_header(payload_length: int) -> bytes:
@@ -67,45 +78,153 @@ def error_frame(status: int) -> bytes:
     return _HEADER.pack(status, 0)
 
 
+_EMPTY_OK = _HEADER.pack(Status.OK, 0)
+
+
 def parse_response_header(header: bytes | bytearray | memoryview) -> tuple[int, int]:
     """Return ``(status, payload_length)`` of an 8-byte response header (client side)."""
     status, length = _HEADER.unpack_from(header)
     return status, length
 
 
+# --- pull-style state machines (both directions) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A complete request (server side). ``payload`` is a view: of the caller's memory when
+    it came through ``take``, of the caller's buffer after ``use_body_buffer``, else a
+    read-only buffer the event owns."""
+
+    code: int
+    payload: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyReceived:
+    """A complete reply as the SDK reads it (client side): a non-zero ``status`` or a length
+    <= 1 means an empty ``payload``."""
+
+    status: int
+    payload: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class FramingError:
+    """Framing is lost: the machine is closed. A server answers :func:`error_frame` of
+    ``status`` and closes (0.8 reference 1.2, 1.4); a client gives the connection up."""
+
+    status: Status
+    detail: str
+
+
+ServerEvent = RequestReceived | FramingError
+ClientEvent = ReplyReceived | FramingError
+
+
+def _control_limit(code: int) -> int:
+    return MAX_CONTROL_PAYLOAD_BYTES
+
+
+class ServerFraming(PullReader[ServerEvent]):
+    """The server side of a 0.8 connection: reads requests, builds reply headers.
+
+    ``payload_limit(code)`` is the largest payload accepted for a request (a connection
+    passes its dispatcher's, which depends on the session); a header declaring more, or a
+    length below 4, is a :class:`FramingError` and closes the machine. Every declared
+    payload is read, unknown codes included, so the stream stays in step.
+    """
+
+    __slots__ = ("_code", "_payload_limit")
+
+    def __init__(self, payload_limit: Callable[[int], int] = _control_limit) -> None:
+        super().__init__(FRAME_HEADER_SIZE)
+        self._payload_limit = payload_limit
+        self._code = 0
+
+    def _header_done(self, header: memoryview) -> ServerEvent | None:
+        length, code = _HEADER.unpack_from(header)
+        if length < _CODE_SIZE:
+            self._close()
+            return FramingError(Status.INVALID_COMMAND, f"request length {length} < 4")
+        n = length - _CODE_SIZE
+        if n == 0:
+            return RequestReceived(code, _EMPTY)
+        limit = self._payload_limit(code)
+        if n > limit:
+            self._close()
+            return FramingError(Status.INVALID_SIZE_BYTES, f"code {code}: payload {n} bytes over {limit}")
+        self._code = code
+        self._expect_body(n)
+        return None
+
+    def _body_done(self, body: memoryview) -> ServerEvent:
+        return RequestReceived(self._code, body)
+
+    @staticmethod
+    def reply_header(request: object, body_length: int, status: int = Status.OK) -> bytes:
+        """The header of the reply to ``request`` (any request: 0.8 replies echo nothing)
+        carrying ``body_length`` bytes; an error status travels without a body."""
+        if status != Status.OK:
+            assert body_length == 0, "an error reply carries no payload"
+            return error_frame(status)
+        return _EMPTY_OK if body_length == 0 else ok_header(body_length)
+
+
+class ClientFraming(PullReader[ClientEvent]):
+    """The client side of a 0.8 connection: builds request frames, reads replies exactly as
+    the SDK does (reference surprise 8: a length <= 1 is no payload and that byte is not
+    consumed). A reply payload over ``max_payload_bytes`` is a :class:`FramingError`."""
+
+    __slots__ = ("_max_payload_bytes", "_status")
+
+    def __init__(self, max_payload_bytes: int = MAX_CONTROL_PAYLOAD_BYTES) -> None:
+        super().__init__(FRAME_HEADER_SIZE)
+        assert max_payload_bytes >= 0
+        self._max_payload_bytes = max_payload_bytes
+        self._status = 0
+
+    @staticmethod
+    def request_header(code: int, payload_length: int) -> bytes:
+        return request_header(code, payload_length)
+
+    @staticmethod
+    def request(code: int, payload: bytes | bytearray | memoryview) -> bytes:
+        return encode_request(code, payload)
+
+    def _header_done(self, header: memoryview) -> ClientEvent | None:
+        status, length = _HEADER.unpack_from(header)
+        if status != Status.OK or length <= _RESPONSE_EMPTY_MAX_LENGTH:
+            return ReplyReceived(status, _EMPTY)
+        if length > self._max_payload_bytes:
+            self._close()
+            return FramingError(Status.INVALID_SIZE_BYTES, f"reply payload {length} bytes over the limit")
+        self._status = status
+        self._expect_body(length)
+        return None
+
+    def _body_done(self, body: memoryview) -> ClientEvent:
+        return ReplyReceived(self._status, body)
+
+
 class FrameDecoder:
-    """Turns a byte stream into complete frames ``(code_or_status, payload)``.
+    """Push-style wrapper of the machines above: turns a byte stream into complete frames
+    ``(code_or_status, payload)``.
 
-    ``is_response=False`` decodes requests (server side): the first u32 is the length,
-    the second the command code; every declared payload is read in full so the stream
-    stays in step even when the command is unknown.
+    ``is_response=False`` decodes requests (:class:`ServerFraming`; ``send_limit_bytes``
+    applies to SendMessages, ``max_payload_bytes`` to the rest); ``is_response=True``
+    decodes replies (:class:`ClientFraming`).
 
-    ``is_response=True`` decodes replies (client side) exactly as the SDK does: a
-    non-zero status ends the frame at its 8-byte header, and a length <= 1 means an
-    empty payload whose byte, if any, is not consumed.
-
-    Bounded: a declared payload above the limit raises ``IggyError(INVALID_SIZE_BYTES)``
-    (for requests ``send_limit_bytes`` applies to SendMessages, ``max_payload_bytes`` to
-    the rest). After any error the decoder is broken and the caller must close the
-    connection; frames completed before the bad header are still returned, and the error
-    is raised by the next ``feed`` call (also visible as :attr:`error`).
+    After a framing error the decoder is broken and the caller must close the connection;
+    frames completed before the bad header are still returned, and the error is raised as
+    ``IggyError`` by the next ``feed`` call (also visible as :attr:`error`).
 
     Payloads are zero-copy views into ``data`` when ``data`` is an immutable ``bytes``
     object and the frame lies within one call; otherwise they are copied, so a caller may
     reuse a receive buffer between calls.
     """
 
-    __slots__ = (
-        "_code",
-        "_error",
-        "_filled",
-        "_header",
-        "_header_filled",
-        "_is_response",
-        "_max_payload_bytes",
-        "_payload",
-        "_send_limit_bytes",
-    )
+    __slots__ = ("_error", "_machine")
 
     def __init__(
         self,
@@ -116,14 +235,14 @@ class FrameDecoder:
     ) -> None:
         assert max_payload_bytes >= 0
         assert send_limit_bytes is None or send_limit_bytes >= 0
-        self._is_response = is_response
-        self._max_payload_bytes = max_payload_bytes
-        self._send_limit_bytes = max_payload_bytes if send_limit_bytes is None else send_limit_bytes
-        self._header = bytearray(FRAME_HEADER_SIZE)
-        self._header_filled = 0
-        self._payload: bytearray | None = None
-        self._filled = 0
-        self._code = 0
+        send_limit = max_payload_bytes if send_limit_bytes is None else send_limit_bytes
+
+        def limit(code: int) -> int:
+            return send_limit if code == Command.SEND_MESSAGES else max_payload_bytes
+
+        self._machine: ServerFraming | ClientFraming = (
+            ClientFraming(max_payload_bytes) if is_response else ServerFraming(limit)
+        )
         self._error: IggyError | None = None
 
     @property
@@ -134,80 +253,20 @@ class FrameDecoder:
     @property
     def buffered_bytes(self) -> int:
         """Bytes of an incomplete frame held back until more data arrives."""
-        if self._payload is not None:
-            return FRAME_HEADER_SIZE + self._filled
-        return self._header_filled
-
-    def _begin(self, a: int, b: int) -> tuple[int, int]:
-        """Interpret a header; return ``(code_or_status, payload_bytes_to_read)``."""
-        if self._is_response:
-            status, length = a, b
-            if status != Status.OK or length <= _RESPONSE_EMPTY_MAX_LENGTH:
-                return status, 0
-            if length > self._max_payload_bytes:
-                raise IggyError(Status.INVALID_SIZE_BYTES, f"reply payload {length} bytes over the limit")
-            return status, length
-        length, code = a, b
-        if length < _CODE_SIZE:
-            raise IggyError(Status.INVALID_COMMAND, f"request length {length} < 4")
-        payload_length = length - _CODE_SIZE
-        limit = self._send_limit_bytes if code == Command.SEND_MESSAGES else self._max_payload_bytes
-        if payload_length > limit:
-            raise IggyError(
-                Status.INVALID_SIZE_BYTES, f"code {code}: payload {payload_length} bytes over {limit}"
-            )
-        return code, payload_length
+        return self._machine.buffered_bytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, memoryview]]:
         if self._error is not None:
             raise self._error
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        # Only an immutable bytes object may be referenced by the frames handed out.
-        zero_copy = isinstance(data, bytes)
         frames: list[tuple[int, memoryview]] = []
-        pos = 0
-        end = len(view)
-        try:
-            while True:
-                payload = self._payload
-                if payload is not None:
-                    take = min(len(payload) - self._filled, end - pos)
-                    payload[self._filled : self._filled + take] = view[pos : pos + take]
-                    self._filled += take
-                    pos += take
-                    if self._filled < len(payload):
-                        break
-                    frames.append((self._code, memoryview(payload).toreadonly()))
-                    self._payload = None
-                    self._filled = 0
-                    continue
-                if self._header_filled == 0 and end - pos >= FRAME_HEADER_SIZE:
-                    a, b = _HEADER.unpack_from(view, pos)
-                    pos += FRAME_HEADER_SIZE
-                else:
-                    take = min(FRAME_HEADER_SIZE - self._header_filled, end - pos)
-                    if take == 0:
-                        break
-                    self._header[self._header_filled : self._header_filled + take] = view[pos : pos + take]
-                    self._header_filled += take
-                    pos += take
-                    if self._header_filled < FRAME_HEADER_SIZE:
-                        break
-                    self._header_filled = 0
-                    a, b = _HEADER.unpack_from(self._header)
-                code, n = self._begin(a, b)
-                if n == 0:
-                    frames.append((code, _EMPTY))
-                elif end - pos >= n:
-                    chunk = view[pos : pos + n]
-                    frames.append((code, chunk.toreadonly() if zero_copy else memoryview(bytes(chunk))))
-                    pos += n
-                else:
-                    self._code = code
-                    self._payload = bytearray(n)
-                    self._filled = 0
-        except IggyError as exc:
-            self._error = exc
-            if not frames:
-                raise
+        for event in self._machine.feed(data):
+            if isinstance(event, FramingError):
+                self._error = IggyError(event.status, event.detail)
+                if not frames:
+                    raise self._error
+                break
+            if isinstance(event, RequestReceived):
+                frames.append((event.code, event.payload))
+            else:
+                frames.append((event.status, event.payload))
         return frames

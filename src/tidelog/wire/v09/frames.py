@@ -1,21 +1,26 @@
 """Sans-IO framing of Iggy 0.9 requests (``shared/protocol/iggy-0.9-vsr.md`` sections 1.2,
 1.5-1.8, 3.2), the one-port generation rule, result sections and the login bodies.
 
-Like h11 or aioquic, nothing here does I/O: the connection shell feeds received bytes to a
-:class:`FrameDecoder` and gets typed events back, a complete :class:`RequestReceived` or a
-:class:`ProtocolViolation` that says what the reference documents as the answer (close,
-drop, a status reply or an eviction). Malformed input never raises. :class:`ReplyDecoder`
-is the client-side twin (replies and evictions, checked as the SDK checks them).
+Like h11 or aioquic, nothing here does I/O. :class:`ServerFraming` is the server side's
+pull-style state machine (:mod:`tidelog.wire.pull`): it says how many bytes come next and
+where they may be received, and turns them into typed events, a complete
+:class:`RequestReceived` or a :class:`ProtocolViolation` that says what the reference
+documents as the answer (close, drop, a status reply or an eviction); it also builds the
+reply headers. Malformed input never raises. :class:`ClientFraming` is the client-side twin
+(numbers requests as the SDK, reads replies and evictions, checked as the SDK checks them).
+:class:`FrameDecoder` and :class:`ReplyDecoder` are their push-style names (``feed``).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
 from tidelog.wire.codes import KNOWN_COMMANDS as KNOWN_COMMANDS_08
 from tidelog.wire.codes import Status
+from tidelog.wire.pull import PullReader
 from tidelog.wire.v09.codes import (
     CLIENT_OPERATIONS,
     EVICTION_SDK_ERROR,
@@ -32,19 +37,23 @@ from tidelog.wire.v09.header import (
     COMMAND_OFFSET,
     HEADER_SIZE,
     MAX_FRAME_SIZE,
+    REQUEST_OFFSETS,
     SIZE_OFFSET,
     U32_MAX,
     EvictionHeader,
     ReplyHeader,
     RequestHeader,
+    encode_reply_for,
     eviction_for,
     reply_header_for,
     request_checksum_ok,
+    request_header_for,
 )
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _PAIR = struct.Struct("<II")
+_EMPTY = memoryview(b"")
 
 # --- one-port generation detection ------------------------------------------------------
 
@@ -165,6 +174,7 @@ class ViolationKind(Enum):
     NOT_LOGGED_IN = "non-ping NonReplicated request before login"
     NO_SESSION = "replicated request before login"
     SESSION_MISMATCH = "session is not the connection's"
+    BODY_TOO_LARGE = "body over the server's limit for the request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +223,7 @@ class ProtocolViolation:
 
     @property
     def fatal(self) -> bool:
-        return self.action is Action.CLOSE
+        return self.action is Action.CLOSE or self.kind is ViolationKind.BODY_TOO_LARGE
 
     def response(self) -> bytes | None:
         """The bytes to send back, or None for CLOSE and DROP."""
@@ -338,113 +348,107 @@ def check_session(event: RequestReceived, bound_session: int | None) -> Protocol
     return None
 
 
-# --- the decoder -------------------------------------------------------------------------
+# --- server side: the request state machine ---------------------------------------------
 
 
-class FrameDecoder:
-    """Splits one connection's byte stream into request events (sections 1.2, 1.7, 1.8).
+class ServerFraming(PullReader[Event]):
+    """The server side of a 0.9 connection (sections 1.2, 1.3, 1.7, 1.8): reads requests
+    into events, builds reply headers and evictions.
 
-    ``feed(data)`` returns the events completed by ``data``; ``bytes_needed`` is how many
-    more bytes finish the current header, body or skipped body, so a shell may also loop
-    on ``readexactly(decoder.bytes_needed)``.
+    Pull-style (:mod:`tidelog.wire.pull`): ``bytes_needed`` / ``buffer()`` / ``received()``
+    or ``take()``, and ``use_body_buffer()`` for a body that should land in the caller's
+    buffer; ``feed(data)`` is the push-style shortcut.
 
-    After a CLOSE violation (a ``size`` outside 256..max) the stream cannot be resynchronised:
-    the decoder is closed and ignores further input. Every other violation consumes the
-    whole declared frame, so decoding continues in step with the next one.
-
-    Bodies are zero-copy views into ``data`` when it is immutable ``bytes`` and the body
-    lies within one call; otherwise they are copied, so a receive buffer may be reused.
+    A header is checked (:func:`check_header`), then its body against
+    ``payload_limit(header)`` when one is given (over it: BODY_TOO_LARGE, status
+    InvalidSizeBytes; the body is not read, so the machine closes), then the body
+    (:func:`check_body`). After a CLOSE violation the stream cannot be resynchronised and
+    the machine is closed; every other header violation skips the declared body, so reading
+    continues in step with the next frame. Session rules need connection state and are the
+    caller's (:func:`check_session`).
     """
 
-    __slots__ = ("_body", "_body_filled", "_closed", "_header", "_header_buf", "_header_filled",
-                 "_max_frame_size", "_skip")  # fmt: skip
+    __slots__ = ("_max_frame_size", "_payload_limit", "_request")
+
+    def __init__(
+        self,
+        *,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        payload_limit: Callable[[RequestHeader], int] | None = None,
+    ) -> None:
+        assert HEADER_SIZE <= max_frame_size <= U32_MAX
+        super().__init__(HEADER_SIZE)
+        self._max_frame_size = max_frame_size
+        self._payload_limit = payload_limit
+        self._request: RequestHeader | None = None  # whose body is being read
+
+    def _header_done(self, raw: memoryview) -> Event | None:
+        header = RequestHeader.decode(raw)
+        violation = check_header(header, max_frame_size=self._max_frame_size)
+        if violation is not None:
+            if violation.fatal:
+                self._close()
+            else:
+                self._skip_body(header.body_size)
+            return violation
+        n = header.body_size
+        if n == 0:
+            return _complete(header, _EMPTY)
+        if self._payload_limit is not None:
+            limit = self._payload_limit(header)
+            if n > limit:
+                self._close()
+                kind, detail = ViolationKind.BODY_TOO_LARGE, f"body {n} bytes > {limit}"
+                status = Status.INVALID_SIZE_BYTES
+                return ProtocolViolation(kind, Action.STATUS, detail, header, status=status)
+        self._request = header
+        self._expect_body(n)
+        return None
+
+    def _body_done(self, body: memoryview) -> Event:
+        header = self._request
+        assert header is not None
+        self._request = None
+        return _complete(header, body)
+
+    @staticmethod
+    def reply_header(request: RequestHeader, body_length: int, status: int = STATUS_OK) -> bytes:
+        """The reply header answering ``request`` with ``body_length`` bytes (section 1.3);
+        an error status travels with an empty body."""
+        return encode_reply_for(request, body_length, status)
+
+    @staticmethod
+    def eviction(
+        request: RequestHeader,
+        reason: EvictionReason,
+        *,
+        server_protocol_version: int = 0,
+        server_protocol_version_min: int = 0,
+    ) -> bytes:
+        """An eviction frame for the client of ``request`` (section 1.6)."""
+        return eviction_for(
+            request.client,
+            reason,
+            server_protocol_version=server_protocol_version,
+            server_protocol_version_min=server_protocol_version_min,
+        ).encode()
+
+
+def _complete(header: RequestHeader, body: memoryview) -> Event:
+    violation = check_body(header, body)
+    if violation is not None:
+        return violation
+    return RequestReceived(header, Operation(header.operation), body)
+
+
+class FrameDecoder(ServerFraming):
+    """:class:`ServerFraming` without a payload limit, under the name tests and tools use
+    for its push-style ``feed(data) -> events``."""
+
+    __slots__ = ()
 
     def __init__(self, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
-        assert HEADER_SIZE <= max_frame_size <= U32_MAX
-        self._max_frame_size = max_frame_size
-        self._header_buf = bytearray(HEADER_SIZE)
-        self._header_filled = 0
-        self._header: RequestHeader | None = None  # set while a body is being read
-        self._body: bytearray | None = None
-        self._body_filled = 0
-        self._skip = 0  # body bytes of a dropped request still to discard
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def bytes_needed(self) -> int:
-        """Bytes that complete the current step; 0 once closed."""
-        if self._closed:
-            return 0
-        if self._skip:
-            return self._skip
-        if self._body is not None:
-            return len(self._body) - self._body_filled
-        return HEADER_SIZE - self._header_filled
-
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
-        """Consume ``data`` (any amount, even empty) and return the events it completes."""
-        events: list[Event] = []
-        if self._closed:
-            return events
-        view = data if isinstance(data, memoryview) else memoryview(data)
-        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-        zero_copy = isinstance(data, bytes)
-        pos, end = 0, len(view)
-        while pos < end or (self._header is not None and self._body is None):
-            if self._skip:
-                take = min(self._skip, end - pos)
-                self._skip -= take
-                pos += take
-                continue
-            header = self._header
-            if header is not None:
-                body_size = header.body_size
-                if self._body is None:
-                    if zero_copy and end - pos >= body_size:
-                        body = view[pos : pos + body_size].toreadonly()
-                        pos += body_size
-                        events.append(self._complete(header, body))
-                        continue
-                    self._body = bytearray(body_size)
-                    self._body_filled = 0
-                take = min(body_size - self._body_filled, end - pos)
-                self._body[self._body_filled : self._body_filled + take] = view[pos : pos + take]
-                self._body_filled += take
-                pos += take
-                if self._body_filled == body_size:
-                    body = memoryview(self._body).toreadonly()
-                    self._body = None
-                    events.append(self._complete(header, body))
-                continue
-            take = min(HEADER_SIZE - self._header_filled, end - pos)
-            self._header_buf[self._header_filled : self._header_filled + take] = view[pos : pos + take]
-            self._header_filled += take
-            pos += take
-            if self._header_filled < HEADER_SIZE:
-                break
-            self._header_filled = 0
-            header = RequestHeader.decode(self._header_buf)
-            violation = check_header(header, max_frame_size=self._max_frame_size)
-            if violation is None:
-                self._header = header
-            else:
-                events.append(violation)
-                if violation.fatal:
-                    self._closed = True
-                    break
-                self._skip = header.body_size
-        return events
-
-    def _complete(self, header: RequestHeader, body: memoryview) -> Event:
-        self._header = None
-        violation = check_body(header, body)
-        if violation is not None:
-            return violation
-        return RequestReceived(header, Operation(header.operation), body)
+        super().__init__(max_frame_size=max_frame_size)
 
 
 # --- client side: replies and evictions (sections 1.3, 1.6) --------------------------------
@@ -491,70 +495,111 @@ class ReplyViolation:
 ReplyEvent = ReplyReceived | EvictionReceived | ReplyViolation
 
 
-class ReplyDecoder:
-    """Client-side twin of :class:`FrameDecoder` for tests and a 0.9 client: splits server
-    bytes into replies and evictions with the SDK's checks (``size`` >= 256, ``command`` 8
-    or 13, a valid ``operation``). Any violation closes it. Bodies are always copied."""
+class ClientFraming(PullReader[ReplyEvent]):
+    """The client side of a 0.9 connection: builds and numbers requests as the 0.11 SDK
+    does, reads replies and evictions with the SDK's checks (``size`` 256..max_frame_size,
+    ``command`` 8 or 13, a valid ``operation``; section 1.3). Any violation closes it.
 
-    __slots__ = ("_buf", "_closed", "_max_frame_size")
+    Numbering (section 1.2): Register carries request 0 and no session, NonReplicated reuses
+    the current request number, every other operation takes the next. ``client`` is the
+    non-zero u128 the client chose; ``session`` is set by the caller after a login reply.
+    """
 
-    def __init__(self, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
-        self._buf = bytearray()
-        self._closed = False
+    __slots__ = ("_max_frame_size", "_reply", "client", "request_number", "session")
+
+    def __init__(self, *, client: int = 0, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        assert HEADER_SIZE <= max_frame_size <= U32_MAX
+        super().__init__(HEADER_SIZE)
         self._max_frame_size = max_frame_size
+        self._reply: ReplyHeader | None = None  # whose body is being read
+        self.client = client
+        self.session = 0
+        self.request_number = 0
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    # ---- requests --------------------------------------------------------------------------
+    def header(
+        self, operation: Operation, body: bytes | bytearray | memoryview, code: int = 0
+    ) -> RequestHeader:
+        """The header of the next request (``code``: the classic code of a NonReplicated)."""
+        assert self.client != 0, "a request names a non-zero client"
+        if operation not in _UNNUMBERED:
+            self.request_number += 1
+        register = operation == Operation.REGISTER
+        return request_header_for(
+            operation,
+            body,
+            client=self.client,
+            request=0 if register else self.request_number,
+            session=0 if register else self.session,
+            command_code=code,
+        )
 
-    @property
-    def bytes_needed(self) -> int:
-        """At least this many more bytes complete the next frame; 0 once closed."""
-        if self._closed:
-            return 0
-        if len(self._buf) < HEADER_SIZE:
-            return HEADER_SIZE - len(self._buf)
-        (size,) = _U32.unpack_from(self._buf, SIZE_OFFSET)
-        return max(size - len(self._buf), 0)
+    def frame(self, operation: Operation, body: bytes = b"", code: int = 0) -> bytes:
+        """A whole request frame: the next header and ``body``."""
+        return self.header(operation, body, code).encode() + body
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[ReplyEvent]:
-        events: list[ReplyEvent] = []
-        if self._closed:
-            return events
-        self._buf += data
-        while len(self._buf) >= HEADER_SIZE:
-            event = self._next()
-            if event is None:
-                break
-            events.append(event)
-            if isinstance(event, ReplyViolation):
-                self._closed = True
-                self._buf.clear()
-                break
-        return events
+    def template(self, operation: Operation, body: bytes = b"", code: int = 0) -> bytearray:
+        """A frame to send many times, each time after :meth:`renumber` (no number is taken
+        here, so numbers stay gap-free whatever is sent in between)."""
+        frame = bytearray(self.frame(operation, body, code))
+        if operation not in _UNNUMBERED:
+            self.request_number -= 1
+            _U64.pack_into(frame, _REQUEST_AT, 0)
+        return frame
 
-    def _next(self) -> ReplyEvent | None:
-        buf = self._buf
-        (size,) = _U32.unpack_from(buf, SIZE_OFFSET)
-        command = buf[COMMAND_OFFSET]
+    def renumber(self, frame: bytearray) -> None:
+        """Stamp the next request number into a :meth:`template` frame. Only ``request``
+        changes: ``request_checksum`` covers the body alone (section 1.2)."""
+        assert frame[_OPERATION_AT] not in _UNNUMBERED, "Register and NonReplicated are not numbered"
+        self.request_number += 1
+        _U64.pack_into(frame, _REQUEST_AT, self.request_number)
+
+    # ---- replies ---------------------------------------------------------------------------
+    def _header_done(self, raw: memoryview) -> ReplyEvent | None:
+        (size,) = _U32.unpack_from(raw, SIZE_OFFSET)
+        command = raw[COMMAND_OFFSET]
         if size < HEADER_SIZE or size > self._max_frame_size:
-            return ReplyViolation(f"frame size {size} outside {HEADER_SIZE}..{self._max_frame_size}")
+            return self._violation(f"frame size {size} outside {HEADER_SIZE}..{self._max_frame_size}")
         if command == VsrCommand.EVICTION:
             if size != HEADER_SIZE:
-                return ReplyViolation(f"eviction with size {size}: it is header-only")
-            eviction = EvictionHeader.decode(buf)
-            del buf[:HEADER_SIZE]
-            return EvictionReceived(eviction)
+                return self._violation(f"eviction with size {size}: it is header-only")
+            return EvictionReceived(EvictionHeader.decode(raw))
         if command != VsrCommand.REPLY:
-            return ReplyViolation(f"command {command} is neither Reply (8) nor Eviction (13)")
-        if len(buf) < size:
-            return None
-        header = ReplyHeader.decode(buf)
+            return self._violation(f"command {command} is neither Reply (8) nor Eviction (13)")
+        header = ReplyHeader.decode(raw)
         if header.operation not in _OPERATION_VALUES or header.operation == Operation.RESERVED:
-            return ReplyViolation(f"operation {header.operation} is not a valid discriminant")
-        body = memoryview(bytes(buf[HEADER_SIZE:size]))
-        del buf[:size]
+            return self._violation(f"operation {header.operation} is not a valid discriminant")
+        n = size - HEADER_SIZE
+        if n == 0:
+            return ReplyReceived(header, Operation(header.operation), _EMPTY)
+        self._reply = header
+        self._expect_body(n)
+        return None
+
+    def _body_done(self, body: memoryview) -> ReplyEvent:
+        header = self._reply
+        assert header is not None
+        self._reply = None
         return ReplyReceived(header, Operation(header.operation), body)
+
+    def _violation(self, reason: str) -> ReplyViolation:
+        self._close()
+        return ReplyViolation(reason)
+
+
+_UNNUMBERED = frozenset({Operation.REGISTER, Operation.NON_REPLICATED})
+_REQUEST_AT = REQUEST_OFFSETS["request"]
+_OPERATION_AT = REQUEST_OFFSETS["operation"]
+
+
+class ReplyDecoder(ClientFraming):
+    """The reply-reading half of :class:`ClientFraming`, under the name tests use for its
+    push-style ``feed(data) -> events``."""
+
+    __slots__ = ()
+
+    def __init__(self, *, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        super().__init__(max_frame_size=max_frame_size)
 
 
 # --- result section (section 1.5) -----------------------------------------------------------

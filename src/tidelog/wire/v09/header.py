@@ -381,6 +381,21 @@ def reply_header_for(
     )
 
 
+_Z16 = bytes(16)
+
+
+def encode_reply_for(request: RequestHeader, body_length: int = 0, status: int = STATUS_OK) -> bytes:
+    """``reply_header_for(request, body_length, status=status).encode()``, packed directly
+    (no dataclass, no per-field checks): what a server writes for every reply."""
+    assert status == STATUS_OK or body_length == 0, "an error reply carries no body"
+    assert 0 <= body_length <= U32_MAX - HEADER_SIZE
+    return _REPLY.pack(
+        _Z16, _Z16, _Z16, HEADER_SIZE + body_length, 0, 0, VsrCommand.REPLY, 0, _Z66,  # frame
+        _b128(request.request_checksum), _Z16, _b128(request.client), 0, 0,
+        request.timestamp, request.request, request.operation, _Z7, status, _Z36,
+    )  # fmt: skip
+
+
 def eviction_for(
     client: int,
     reason: EvictionReason,
