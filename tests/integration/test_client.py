@@ -1,8 +1,10 @@
 """tidelog's asyncio client (``tidelog.client``) end to end against a real ``tidelog serve``.
 
-Most tests share one server (each uses its own stream names); tests that restart or need a
-pristine server start their own. Connection handling (retry, timeout, framing) is also
-checked against tiny in-process fake servers, which makes the failure cases deterministic.
+Every behaviour that does not depend on the generation runs under both (the ``protocol``
+fixture: 0.9, the default, and 0.8). Most tests share one server (each uses its own stream
+names); tests that restart or need a pristine server start their own. Connection handling
+(retry, timeout, framing) is also checked against tiny in-process fake servers, which makes
+the failure cases deterministic; those speak one generation each.
 """
 
 from __future__ import annotations
@@ -27,17 +29,25 @@ from tidelog.client import (
     GlobalPermissions,
     IggyClient,
     IggyConnectionError,
+    IggyEvictedError,
     IggyServerError,
     IggyTimeoutError,
     OutgoingMessage,
     Partitioning,
     Permissions,
+    PolledBatch,
     PollingStrategy,
+    ProtocolGeneration,
     Status,
     encode_send_frame,
     parse_connection_string,
     parse_duration_s,
 )
+from tidelog.wire.commands import HeaderKind, encode_user_headers
+from tidelog.wire.v09.batch import parse_records
+from tidelog.wire.v09.codes import CommandCode, EvictionReason, Operation
+from tidelog.wire.v09.frames import LoginReply, encode_login_reply
+from tidelog.wire.v09.header import HEADER_SIZE, RequestHeader, eviction_for, reply_header_for
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +57,17 @@ def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     srv.stop()
 
 
+@pytest.fixture(params=["0.9", "0.8"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    generation: str = request.param
+    return generation
+
+
 @pytest.fixture
-async def client(shared_server: ServerProcess) -> AsyncIterator[IggyClient]:
-    c = await IggyClient.connect(shared_server.address, username="iggy", password="iggy", reconnect_retries=0)
+async def client(shared_server: ServerProcess, protocol: str) -> AsyncIterator[IggyClient]:
+    c = await IggyClient.connect(
+        shared_server.address, username="iggy", password="iggy", reconnect_retries=0, protocol=protocol
+    )
     yield c
     await c.close()
 
@@ -125,6 +143,7 @@ def test_server_error_given_known_and_unknown_codes_should_carry_code_and_name()
 # Connection handling against fake servers
 
 
+# These servers speak 0.8 (the classic 8-byte frames); the 0.9 ones are further down.
 Handler = Callable[[int, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -161,7 +180,7 @@ async def test_client_given_dropped_connection_when_requesting_should_reconnect_
 
     server, address, connections = await fake_server(handler)
     async with server:
-        c = await IggyClient.connect(address, reconnect_retries=2, reconnect_interval_s=0.01)
+        c = await IggyClient.connect(address, protocol="0.8", reconnect_retries=2, reconnect_interval_s=0.01)
         await c.ping()
         assert len(connections) == 2 and c.reconnects_count == 1 and c.requests_count == 2
         await c.close()
@@ -176,7 +195,7 @@ async def test_client_given_disconnected_frame_when_requesting_should_retry_on_a
 
     server, address, connections = await fake_server(handler)
     async with server:
-        c = await IggyClient.connect(address, reconnect_retries=1, reconnect_interval_s=0.01)
+        c = await IggyClient.connect(address, protocol="0.8", reconnect_retries=1, reconnect_interval_s=0.01)
         await c.ping()
         assert len(connections) == 2
         await c.close()
@@ -191,7 +210,7 @@ async def test_client_given_error_status_when_requesting_should_raise_without_re
 
     server, address, connections = await fake_server(handler)
     async with server:
-        c = await IggyClient.connect(address, reconnect_retries=3, reconnect_interval_s=0.01)
+        c = await IggyClient.connect(address, protocol="0.8", reconnect_retries=3, reconnect_interval_s=0.01)
         with pytest.raises(IggyServerError) as info:
             await c.delete_stream("x")
         assert (info.value.status, info.value.name, info.value.command) == (12345, "UNKNOWN", 203)
@@ -214,7 +233,9 @@ async def test_client_given_silent_server_when_requesting_should_time_out_then_r
 
     server, address, connections = await fake_server(handler)
     async with server:
-        c = await IggyClient.connect(address, timeout_s=0.1, reconnect_retries=1, reconnect_interval_s=0.01)
+        c = await IggyClient.connect(
+            address, protocol="0.8", timeout_s=0.1, reconnect_retries=1, reconnect_interval_s=0.01
+        )
         started = time.monotonic()
         with pytest.raises(IggyTimeoutError):
             await c.ping()
@@ -239,7 +260,7 @@ async def test_client_given_reply_split_in_pieces_when_reading_should_assemble_t
 
     server, address, _ = await fake_server(handler)
     async with server:
-        c = await IggyClient.connect(address, reconnect_retries=0)
+        c = await IggyClient.connect(address, protocol="0.8", reconnect_retries=0)
         batch = await c.poll_messages(0, 0, 0, PollingStrategy.first(), 10)
         assert (batch.partition_id, batch.current_offset, batch.messages) == (0, 0, [])
         await c.close()
@@ -250,12 +271,14 @@ async def test_client_given_nothing_listening_when_connecting_should_raise_conne
         await IggyClient.connect(f"127.0.0.1:{free_port()}", reconnect_retries=0)
 
 
-def test_client_given_uvloop_when_sending_and_polling_should_work(shared_server: ServerProcess) -> None:
+def test_client_given_uvloop_when_sending_and_polling_should_work(
+    shared_server: ServerProcess, protocol: str
+) -> None:
     import uvloop
 
     async def scenario() -> list[bytes]:
         # Built with the constructor, not connect(): the first request connects and logs in.
-        c = IggyClient(shared_server.address, username="iggy", password="iggy")
+        c = IggyClient(shared_server.address, username="iggy", password="iggy", protocol=protocol)
         stream, topic = await make_topic(c)
         await c.send_messages(stream, topic, Partitioning.partition_id(0), [b"u1", b"u2"])
         batch = await c.poll_messages(stream, topic, 0, PollingStrategy.first(), 10)
@@ -280,7 +303,9 @@ async def test_users_given_limited_user_when_creating_stream_should_get_unauthor
     assert fetched is not None and fetched.user.id == created.user.id
     assert name in [u.username for u in await client.get_users()]
 
-    reader = await IggyClient.connect(shared_server.address, username=name, password="pw-123")
+    reader = await IggyClient.connect(
+        shared_server.address, username=name, password="pw-123", protocol=client.protocol
+    )
     await reader.get_streams()
     with pytest.raises(IggyServerError) as info:
         await reader.create_stream(unique("denied"))
@@ -291,9 +316,13 @@ async def test_users_given_limited_user_when_creating_stream_should_get_unauthor
 
     await client.change_password(name, "pw-123", "pw-456")
     with pytest.raises(IggyServerError) as info:
-        await IggyClient.connect(shared_server.address, username=name, password="pw-123")
+        await IggyClient.connect(
+            shared_server.address, username=name, password="pw-123", protocol=client.protocol
+        )
     assert info.value.status == Status.INVALID_CREDENTIALS
-    again = await IggyClient.connect(shared_server.address, username=name, password="pw-456")
+    again = await IggyClient.connect(
+        shared_server.address, username=name, password="pw-456", protocol=client.protocol
+    )
     assert again.user_id == created.user.id
     await again.logout_user()
     with pytest.raises(IggyServerError) as info:
@@ -316,17 +345,23 @@ async def test_tokens_given_created_token_when_logging_in_with_it_should_act_as_
     token = await client.create_personal_access_token(name)
     assert name in [t.name for t in await client.get_personal_access_tokens()]
 
-    other = await IggyClient.connect(shared_server.address, token=token)
+    other = await IggyClient.connect(shared_server.address, token=token, protocol=client.protocol)
     assert other.user_id == 0
     assert (await other.get_me()).client.user_id == 0
-    via_string = await IggyClient.from_connection_string(f"iggy+tcp://{token}@{shared_server.address}")
-    assert via_string.user_id == 0
+    via_string = await IggyClient.from_connection_string(
+        f"iggy+tcp://{token}@{shared_server.address}?protocol={client.protocol.value}"
+    )
+    assert via_string.user_id == 0 and via_string.protocol is client.protocol
 
     await client.delete_personal_access_token(name)
     assert name not in [t.name for t in await client.get_personal_access_tokens()]
     with pytest.raises(IggyServerError) as info:
-        await IggyClient.connect(shared_server.address, token=token)
-    assert info.value.status == Status.RESOURCE_NOT_FOUND
+        await IggyClient.connect(shared_server.address, token=token, protocol=client.protocol)
+    # 0.8 answers a status; 0.9 evicts the login with InvalidToken (section 1.6).
+    refused = (
+        Status.RESOURCE_NOT_FOUND if client.protocol.value == "0.8" else Status.INVALID_PERSONAL_ACCESS_TOKEN
+    )
+    assert info.value.status == refused
     for c in (other, via_string):
         await c.close()
 
@@ -398,7 +433,10 @@ async def test_send_and_poll_given_batch_should_round_trip_ids_headers_and_offse
     stream, topic = await make_topic(client)
     sent = [OutgoingMessage(f"m{i}".encode(), id=1000 + i, user_headers=b"") for i in range(5)]
     await client.send_messages(stream, topic, Partitioning.partition_id(0), sent)
-    await client.send_raw(encode_send_frame(stream, topic, Partitioning.partition_id(0), [b"raw1", b"raw2"]))
+    frame = encode_send_frame(
+        stream, topic, Partitioning.partition_id(0), [b"raw1", b"raw2"], client.protocol
+    )
+    await client.send_raw(frame)
     batch = await client.poll_messages(stream, topic, 0, PollingStrategy.offset(0), 100)
     assert batch.partition_id == 0 and batch.current_offset == 6
     assert [bytes(m.payload) for m in batch.messages] == [b"m0", b"m1", b"m2", b"m3", b"m4", b"raw1", b"raw2"]
@@ -411,7 +449,11 @@ async def test_send_and_poll_given_batch_should_round_trip_ids_headers_and_offse
 
     header, raw = await client.poll_raw(stream, topic, 0, PollingStrategy.last(), 3)
     assert (header.partition_id, header.messages_count) == (0, 3)
-    assert len(raw) == 3 * 64 + len(b"m4raw1raw2")
+    if client.protocol.value == "0.8":  # 64-byte message headers
+        assert len(raw) == 3 * 64 + len(b"m4raw1raw2")
+    else:  # one record per batch as sent (256-byte header), 48-byte frame headers
+        assert [r.count for r in parse_records(raw)] == [1, 2]
+        assert len(raw) == 2 * 256 + 3 * 48 + len(b"m4raw1raw2")
     last = await client.poll_messages(stream, topic, 0, PollingStrategy.last(), 2)
     assert [m.offset for m in last.messages] == [5, 6]
 
@@ -499,7 +541,9 @@ async def test_consumer_groups_given_two_clients_should_split_partitions_and_tra
     with pytest.raises(IggyServerError) as info:
         await client.create_consumer_group(stream, topic, "workers")
     assert info.value.already_exists
-    other = await IggyClient.connect(shared_server.address, username="iggy", password="iggy")
+    other = await IggyClient.connect(
+        shared_server.address, username="iggy", password="iggy", protocol=client.protocol
+    )
     await client.join_consumer_group(stream, topic, "workers")
     await other.join_consumer_group(stream, topic, group.id)
     details = await client.get_consumer_group(stream, topic, "workers")
@@ -551,13 +595,18 @@ async def test_system_given_logged_in_client_should_report_me_clients_stats_clus
 
 
 async def test_reconnect_given_server_restarted_on_same_port_should_relogin_and_keep_working(
-    tmp_path: Path, server_factory: type[ServerProcess]
+    tmp_path: Path, server_factory: type[ServerProcess], protocol: str
 ) -> None:
     port = free_port()
     args = ("--tcp-address", f"127.0.0.1:{port}")
     srv = server_factory(tmp_path / "data", *args).start()
     c = await IggyClient.connect(
-        srv.address, username="iggy", password="iggy", reconnect_retries=50, reconnect_interval_s=0.1
+        srv.address,
+        username="iggy",
+        password="iggy",
+        reconnect_retries=50,
+        reconnect_interval_s=0.1,
+        protocol=protocol,
     )
     await c.create_stream("kept")
     await c.create_topic("kept", "t", 1)
@@ -577,10 +626,12 @@ async def test_reconnect_given_server_restarted_on_same_port_should_relogin_and_
 
 
 async def test_reconnect_given_retries_disabled_when_server_stops_should_raise_connection_error(
-    tmp_path: Path, server_factory: type[ServerProcess]
+    tmp_path: Path, server_factory: type[ServerProcess], protocol: str
 ) -> None:
     srv = server_factory(tmp_path / "data").start()
-    c = await IggyClient.connect(srv.address, username="iggy", password="iggy", reconnect_retries=0)
+    c = await IggyClient.connect(
+        srv.address, username="iggy", password="iggy", reconnect_retries=0, protocol=protocol
+    )
     await c.ping()
     srv.stop()
     with pytest.raises(IggyConnectionError):
@@ -731,7 +782,9 @@ async def test_consumer_given_group_of_two_should_share_messages_without_duplica
         await client.send_messages(
             stream, topic, Partitioning.partition_id(p), [f"{p}-{i}".encode() for i in range(5)]
         )
-    other = await IggyClient.connect(shared_server.address, username="iggy", password="iggy")
+    other = await IggyClient.connect(
+        shared_server.address, username="iggy", password="iggy", protocol=client.protocol
+    )
     a = await client.consumer(stream, topic, group="g", batch_length=2)
     b = await other.consumer(stream, topic, group="g", batch_length=2)
     details = await client.get_consumer_group(stream, topic, "g")
@@ -754,3 +807,218 @@ async def test_consumer_given_group_of_two_should_share_messages_without_duplica
     details = await client.get_consumer_group(stream, topic, "g")
     assert details is not None and details.members == []
     await other.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# 0.9 specifics: evictions, group assignments, the other generation's messages
+
+
+def test_connection_string_given_protocol_option_should_pick_the_generation() -> None:
+    assert parse_connection_string("iggy+tcp://iggy:iggy@h:1?protocol=0.8").protocol is ProtocolGeneration.V08
+    assert parse_connection_string("iggy+tcp://iggy:iggy@h:1").protocol is ProtocolGeneration.V09
+    assert IggyClient("h:1").protocol is ProtocolGeneration.V09  # the current generation by default
+    with pytest.raises(ValueError, match="protocol"):
+        parse_connection_string("iggy+tcp://iggy:iggy@h:1?protocol=0.7")
+
+
+async def test_login_v09_given_wrong_password_should_raise_eviction_then_log_in_on_a_new_connection(
+    shared_server: ServerProcess,
+) -> None:
+    with pytest.raises(IggyEvictedError) as info:
+        await IggyClient.connect(shared_server.address, username="iggy", password="wrong", protocol="0.9")
+    assert (info.value.code, info.value.reason) == (
+        Status.INVALID_CREDENTIALS,
+        EvictionReason.INVALID_CREDENTIALS,
+    )
+    assert "INVALID_CREDENTIALS" in str(info.value)
+
+    c = await IggyClient.connect(shared_server.address, reconnect_retries=1, protocol="0.9")
+    await c.ping()  # allowed before login
+    with pytest.raises(IggyEvictedError) as info:
+        await c.create_stream(unique("no-session"))  # a replicated operation before login
+    assert (info.value.code, info.value.reason) == (Status.UNAUTHENTICATED, EvictionReason.NO_SESSION)
+    assert not c.connected  # an eviction ends the session and its connection
+    with pytest.raises(IggyEvictedError):
+        await c.login_user("iggy", "wrong")
+    assert await c.login_user("iggy", "iggy") == 0  # on a fresh connection
+    assert await c.login_user("iggy", "iggy") == 0  # again: logout, then a new Register
+    assert (await c.get_me()).client.user_id == 0
+    await c.close()
+
+
+async def test_group_poll_v09_given_stale_assignment_should_resync_and_poll_an_owned_partition(
+    shared_server: ServerProcess,
+) -> None:
+    a = await IggyClient.connect(shared_server.address, username="iggy", password="iggy", protocol="0.9")
+    b = await IggyClient.connect(shared_server.address, username="iggy", password="iggy", protocol="0.9")
+    stream, topic = await make_topic(a, partitions=2)
+    for p in range(2):
+        await a.send_messages(
+            stream, topic, Partitioning.partition_id(p), [f"{p}-{i}".encode() for i in range(3)]
+        )
+    await a.create_consumer_group(stream, topic, "g")
+    await a.join_consumer_group(stream, topic, "g")
+    group = ConsumerId(ConsumerKind.CONSUMER_GROUP, "g")
+
+    first = await a.poll_messages(stream, topic, None, PollingStrategy.next(), 1, True, group)
+    assert (first.partition_id, [bytes(m.payload) for m in first.messages]) == (0, [b"0-0"])
+    # b joins: the rebalance gives it partition 1, which a's synced assignment still holds,
+    # and a's round robin asks for partition 1 next.
+    await b.join_consumer_group(stream, topic, "g")
+    details = await a.get_consumer_group(stream, topic, "g")
+    assert details is not None and sorted(m.partitions for m in details.members) == [[0], [1]]
+    before = a.requests_count
+    second = await a.poll_messages(stream, topic, None, PollingStrategy.next(), 1, True, group)
+    # Stale answer, SyncConsumerGroup, and the poll of the partition a still owns.
+    assert a.requests_count - before == 3
+    assert (second.partition_id, [bytes(m.payload) for m in second.messages]) == (0, [b"0-1"])
+    # A partition named explicitly that the member does not own gets the stale mark as is.
+    foreign = await a.poll_messages(stream, topic, 1, PollingStrategy.next(), 1, False, group)
+    assert (foreign.partition_id, foreign.messages) == (0xFFFFFFFF, [])
+    mine = await b.poll_messages(stream, topic, None, PollingStrategy.next(), 10, True, group)
+    assert (mine.partition_id, [bytes(m.payload) for m in mine.messages]) == (1, [b"1-0", b"1-1", b"1-2"])
+    await b.leave_consumer_group(stream, topic, "g")
+    with pytest.raises(IggyServerError) as info:
+        await b.poll_messages(stream, topic, None, PollingStrategy.next(), 1, False, group)
+    assert info.value.code == Status.CONSUMER_GROUP_MEMBER_NOT_FOUND  # sync said: not a member
+
+    # a owns both partitions again, which its assignment ([0]) does not know: polling an owned
+    # partition is never stale, so a round of empty polls is what sends it to re-sync.
+    await a.send_messages(stream, topic, Partitioning.partition_id(1), [b"1-3"])
+    got: list[tuple[int, bytes]] = []
+    for _ in range(4):  # 0-2, empty round on 0, sync then 0 (empty), then 1
+        batch = await a.poll_messages(stream, topic, None, PollingStrategy.next(), 10, True, group)
+        got += [(batch.partition_id, bytes(m.payload)) for m in batch.messages]
+    assert got == [(0, b"0-2"), (1, b"1-3")]
+    for c in (a, b):
+        await c.close()
+
+
+@pytest.mark.parametrize(("writer_protocol", "reader_protocol"), [("0.8", "0.9"), ("0.9", "0.8")])
+async def test_messages_given_one_generation_writing_should_read_the_same_through_the_other(
+    shared_server: ServerProcess, writer_protocol: str, reader_protocol: str
+) -> None:
+    writer = await IggyClient.connect(
+        shared_server.address, username="iggy", password="iggy", protocol=writer_protocol
+    )
+    reader = await IggyClient.connect(
+        shared_server.address, username="iggy", password="iggy", protocol=reader_protocol
+    )
+    stream, topic = await make_topic(writer)
+    headers = encode_user_headers(
+        {"trace": (HeaderKind.STRING, b"abc-123"), "n": (HeaderKind.UINT32, b"\x07\0\0\0")}
+    )
+    now_us = time.time_ns() // 1000
+    sent = [
+        OutgoingMessage(b"first", id=2**127 + 5, user_headers=headers, origin_timestamp_us=now_us),
+        OutgoingMessage(b"\x00\xff" * 500, id=7, origin_timestamp_us=now_us + 3),
+        OutgoingMessage(b"no-id", origin_timestamp_us=now_us + 9),
+    ]
+    await writer.send_messages(stream, topic, Partitioning.partition_id(0), sent)
+    await writer.send_messages(stream, topic, Partitioning.partition_id(0), [b"second-batch"])
+
+    theirs = await reader.poll_messages(stream, topic, 0, PollingStrategy.first(), 10)
+    ours = await writer.poll_messages(stream, topic, 0, PollingStrategy.first(), 10)
+    assert [bytes(m.payload) for m in theirs.messages] == [
+        b"first",
+        b"\x00\xff" * 500,
+        b"no-id",
+        b"second-batch",
+    ]
+    assert [m.offset for m in theirs.messages] == [0, 1, 2, 3]
+    assert [m.id for m in theirs.messages][:2] == [2**127 + 5, 7]
+    assert all(m.id != 0 for m in theirs.messages)
+    assert [bytes(m.user_headers) for m in theirs.messages] == [headers, b"", b"", b""]
+    assert [m.origin_timestamp_us for m in theirs.messages][:3] == [now_us, now_us + 3, now_us + 9]
+    # One broker timestamp per batch as sent, whichever generation reads it.
+    stamps = [m.timestamp_us for m in theirs.messages]
+    assert stamps[0] == stamps[1] == stamps[2] <= stamps[3] and stamps[0] > 0
+
+    # Each generation's own checksum differs; everything else reads the same both ways.
+    def seen(batch: PolledBatch) -> list[tuple[int, int, int, int, bytes, bytes]]:
+        return [
+            (m.offset, m.id, m.timestamp_us, m.origin_timestamp_us, bytes(m.payload), bytes(m.user_headers))
+            for m in batch.messages
+        ]
+
+    assert seen(theirs) == seen(ours)
+    assert (theirs.partition_id, theirs.current_offset) == (ours.partition_id, ours.current_offset) == (0, 3)
+    for c in (writer, reader):
+        await c.close()
+
+
+async def test_send_raw_v09_given_frames_should_refuse_the_other_generation_and_renumber_its_own(
+    shared_server: ServerProcess,
+) -> None:
+    c = await IggyClient.connect(shared_server.address, username="iggy", password="iggy", protocol="0.9")
+    stream, topic = await make_topic(c)
+    with pytest.raises(ValueError, match=r"0\.9 SendMessages"):
+        await c.send_raw(encode_send_frame(stream, topic, Partitioning.partition_id(0), [b"x"], "0.8"))
+    assert c.connected  # refused before anything was written
+    # The template's header numbers are replaced: sent twice, stored twice (a replayed
+    # request number would have been answered without storing anything).
+    frame = encode_send_frame(stream, topic, Partitioning.partition_id(0), [b"again"])
+    await c.send_raw(frame)
+    await c.send_raw(frame)
+    batch = await c.poll_messages(stream, topic, 0, PollingStrategy.first(), 10)
+    assert [bytes(m.payload) for m in batch.messages] == [b"again", b"again"]
+    await c.close()
+
+
+async def read_request09(reader: asyncio.StreamReader) -> RequestHeader:
+    header = RequestHeader.decode(await reader.readexactly(HEADER_SIZE))
+    await reader.readexactly(header.body_size)
+    return header
+
+
+async def test_client_v09_given_stale_client_eviction_should_reconnect_and_read_a_split_reply() -> None:
+    login = encode_login_reply(LoginReply(user_id=3, session=77))
+
+    async def handler(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        register = await read_request09(reader)
+        assert register.operation == Operation.REGISTER and register.session == 0
+        writer.write(reply_header_for(register, len(login)).encode() + login)
+        ping = await read_request09(reader)
+        assert (ping.session, ping.command_code, ping.client) == (77, CommandCode.PING, register.client)
+        if n == 0:
+            writer.write(eviction_for(ping.client, EvictionReason.STALE_CLIENT).encode())
+        else:
+            frame = reply_header_for(ping).encode()
+            for i in range(len(frame)):  # one byte at a time: the decoder must assemble it
+                writer.write(frame[i : i + 1])
+                await writer.drain()
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server, address, connections = await fake_server(handler)
+    async with server:
+        c = await IggyClient.connect(
+            address,
+            username="u",
+            password="pw",
+            reconnect_retries=1,
+            reconnect_interval_s=0.01,
+            protocol="0.9",
+        )
+        assert c.user_id == 3
+        await c.ping()  # evicted as stale on the first connection, answered on the second
+        assert len(connections) == 2 and c.reconnects_count == 1 and c.connected
+        await c.close()
+
+
+async def test_client_v09_given_frame_that_is_not_a_reply_should_drop_the_connection() -> None:
+    async def handler(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ping = await read_request09(reader)
+        bad = bytearray(reply_header_for(ping).encode())
+        bad[60] = 5  # the command byte says Request: no SDK takes that for a reply (1.3)
+        writer.write(bytes(bad))
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    server, address, connections = await fake_server(handler)
+    async with server:
+        c = await IggyClient.connect(address, reconnect_retries=0, protocol="0.9")
+        with pytest.raises(IggyConnectionError, match="refuses"):
+            await c.ping()
+        assert not c.connected and len(connections) == 1
+        await c.close()

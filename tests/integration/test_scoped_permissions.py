@@ -17,10 +17,11 @@ async def denied(awaitable: object) -> None:
     assert info.value.code == Status.UNAUTHORIZED
 
 
+@pytest.mark.parametrize("protocol", ["0.9", "0.8"])
 async def test_permissions_given_stream_and_topic_grants_when_used_should_allow_only_in_scope(
-    server: ServerProcess,
+    server: ServerProcess, protocol: str
 ) -> None:
-    root = await IggyClient.connect(server.address, username="iggy", password="iggy")
+    root = await IggyClient.connect(server.address, username="iggy", password="iggy", protocol=protocol)
     a = (await root.create_stream("a")).id
     b = (await root.create_stream("b")).id
     for stream in (a, b):
@@ -38,8 +39,8 @@ async def test_permissions_given_stream_and_topic_grants_when_used_should_allow_
             streams={b: StreamPermissions(topics={0: TopicPermissions(poll_messages=True)})}
         ),
     )
-    writer = await IggyClient.connect(server.address, username="writer", password="secret")
-    reader = await IggyClient.connect(server.address, username="reader", password="secret")
+    writer = await IggyClient.connect(server.address, username="writer", password="secret", protocol=protocol)
+    reader = await IggyClient.connect(server.address, username="reader", password="secret", protocol=protocol)
 
     one = Partitioning.partition_id(0)
     await writer.send_messages("a", "t1", one, [b"w1"])

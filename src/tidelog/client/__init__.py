@@ -1,6 +1,8 @@
-"""tidelog's native asyncio client for the Iggy 0.8 binary protocol.
+"""tidelog's native asyncio client for both Iggy binary protocol generations.
 
-``IggyClient`` speaks every command on one TCP connection; ``Producer`` batches sends and
+``IggyClient`` speaks every command on one TCP connection, in 0.9 (VSR framing, the default)
+or 0.8 (classic framing): ``IggyClient.connect(..., protocol="0.8")``, or ``?protocol=0.8`` in
+a connection string. ``Producer`` batches sends and
 ``Consumer`` polls with backoff, alone or as a consumer-group member. The wire value types
 (``Partitioning``, ``OutgoingMessage``, ``PolledMessage``, permissions, records) come from
 the same sans-IO codec the server uses.
@@ -8,17 +10,21 @@ the same sans-IO codec the server uses.
 
 from tidelog.client.connection import (
     DEFAULT_CONSUMER,
+    DEFAULT_PROTOCOL,
     ConnectionOptions,
     ConsumerId,
     IggyClient,
     IggyConnectionError,
+    IggyEvictedError,
     IggyServerError,
     IggyTimeoutError,
     PolledBatch,
     PollingStrategy,
+    ProtocolGeneration,
     encode_send_frame,
     parse_connection_string,
     parse_duration_s,
+    parse_protocol,
     status_name,
 )
 from tidelog.client.consumer import Consumer
@@ -39,6 +45,7 @@ from tidelog.wire.commands import (
 
 __all__ = [
     "DEFAULT_CONSUMER",
+    "DEFAULT_PROTOCOL",
     "CompressionAlgorithm",
     "ConnectionOptions",
     "Consumer",
@@ -48,6 +55,7 @@ __all__ = [
     "IggyClient",
     "IggyConnectionError",
     "IggyError",
+    "IggyEvictedError",
     "IggyServerError",
     "IggyTimeoutError",
     "OutgoingMessage",
@@ -59,6 +67,7 @@ __all__ = [
     "PollingStrategy",
     "Producer",
     "ProducerClosedError",
+    "ProtocolGeneration",
     "SnapshotCompression",
     "SnapshotType",
     "Status",
@@ -68,5 +77,6 @@ __all__ = [
     "encode_send_frame",
     "parse_connection_string",
     "parse_duration_s",
+    "parse_protocol",
     "status_name",
 ]

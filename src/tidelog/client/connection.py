@@ -1,29 +1,43 @@
-"""A typed asyncio client for the Iggy 0.8 classic TCP protocol: one connection, every command.
+"""A typed asyncio client for both Iggy protocol generations: one connection, every command.
 
-Encoding and decoding are the sans-IO codec's (``tidelog.wire``); this module only moves
-frames. One request is in flight per connection (an ``asyncio.Lock``), exactly as the SDK
-does, and a reply is read as an 8-byte header followed by exactly ``length`` bytes, received
-straight into one buffer that polled messages then view without copying.
+``protocol="0.9"`` (the default, the current generation) speaks the 256-byte VSR framing of
+``shared/protocol/iggy-0.9-vsr.md``: a Register login that binds a session, result sections,
+evictions, batch records, and consumer groups whose members sync their assignment (606) and
+poll explicit partitions. ``protocol="0.8"`` speaks the classic 8-byte framing. Every method
+has the same signature and return types under both; what differs above the framing is in
+:mod:`tidelog.client.codec`.
 
-A dropped connection (EOF, reset, or the server's ``Disconnected`` / ``StaleClient`` frame) is
-re-established up to ``reconnect_retries`` times, the stored credentials log it in again, joined
-consumer groups are re-joined, and the request is retried once. A server error status is never
-retried; it raises :class:`IggyServerError` carrying the code and its name.
+Encoding and decoding are the sans-IO codecs' (``tidelog.wire``); this module only moves
+frames. One request is in flight per connection (an ``asyncio.Lock``), exactly as the SDKs
+do. A 0.8 reply is read as an 8-byte header followed by exactly ``length`` bytes, received
+straight into one buffer that polled messages then view without copying; 0.9 replies are
+split by ``wire.v09.frames.ReplyDecoder``.
+
+A dropped connection (EOF, reset, the server's ``Disconnected`` / ``StaleClient`` status, or a
+0.9 ``StaleClient`` eviction) is re-established up to ``reconnect_retries`` times, the stored
+credentials log it in again, joined consumer groups are re-joined, and the request is retried
+once. A server error is never retried; it raises :class:`IggyServerError` carrying the code
+and its name, whether it came as a status, a 0.9 result-section rejection or an eviction
+(:class:`IggyEvictedError`, which also ends the connection).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import re
 import socket
-import struct
+import time
+import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
+from tidelog.client.codec import CODECS, Codec
 from tidelog.permissions import Permissions
+from tidelog.wire import framing
 from tidelog.wire.codes import (
     FRAME_HEADER_SIZE,
     POLL_REPLY_HEADER_SIZE,
@@ -48,10 +62,8 @@ from tidelog.wire.commands import (
     CreatePartitions,
     CreatePersonalAccessToken,
     CreateStream,
-    CreateTopic,
     CreateUser,
     DeleteConsumerGroup,
-    DeleteConsumerOffset,
     DeletePartitions,
     DeletePersonalAccessToken,
     DeleteSegments,
@@ -88,24 +100,37 @@ from tidelog.wire.commands import (
     SnapshotCompression,
     SnapshotType,
     Stats,
-    StoreConsumerOffset,
     StreamDetails,
     StreamInfo,
     TopicDetails,
     TopicInfo,
     UpdatePermissions,
     UpdateStream,
-    UpdateTopic,
     UpdateUser,
     UserDetails,
     UserInfo,
     UserStatus,
     decode_list,
-    decode_poll_reply,
     decode_record,
-    encode_send_messages,
     identifier_from_user,
 )
+from tidelog.wire.v09 import frames as f09
+from tidelog.wire.v09.bodies import SyncConsumerGroup, decode_sync_group09
+from tidelog.wire.v09.codes import (
+    EVICTION_SDK_ERROR,
+    PROTOCOL_VERSION,
+    STATUS_OK,
+    CommandCode,
+    EvictionReason,
+    Operation,
+    ReplyFraming,
+    Status09,
+    VsrCommand,
+    operation_for_code,
+    reply_framing,
+)
+from tidelog.wire.v09.frames import Generation
+from tidelog.wire.v09.header import HEADER_SIZE, RequestHeader, request_header_for
 
 if TYPE_CHECKING:
     from tidelog.client.consumer import Consumer as HighLevelConsumer
@@ -119,16 +144,28 @@ ConsumerId = Consumer
 DEFAULT_CONSUMER = Consumer(ConsumerKind.CONSUMER, 0)
 DEFAULT_ADDRESS = "127.0.0.1:8090"
 
-_HEADER = struct.Struct("<II")
-assert _HEADER.size == FRAME_HEADER_SIZE
-_CODE_SIZE = 4
+ProtocolGeneration = Generation
+"""The protocol generation a client speaks: ``ProtocolGeneration("0.9")`` (VSR framing, the
+default) or ``ProtocolGeneration("0.8")`` (classic framing)."""
+DEFAULT_PROTOCOL = Generation.V09
+
 _EMPTY = memoryview(b"")
-# The SDK reads a reply length <= 1 as "no payload" and leaves that byte unread.
-_EMPTY_REPLY_MAX_LENGTH = 1
 # Below this a request is joined into one write; above it the payload goes out unjoined.
 _JOIN_WRITE_MAX_BYTES = 16 * 1024
-# The SDK reconnects and retries on these instead of surfacing them (protocol section 1.5).
+# The SDK reconnects and retries on these instead of surfacing them (protocol section 1.5);
+# a 0.9 StaleClient eviction maps to the same code.
 _DROP_STATUSES = frozenset({Status.DISCONNECTED, Status.STALE_CLIENT})
+# A server sends at most a goodbye frame unasked; more than this is not an Iggy server.
+_UNCLAIMED_MAX = 4
+# What the 0.9 login says the client is (section 3.2): the SDK generation it speaks.
+_CLIENT_VERSION = f09.ClientVersionInfo(PROTOCOL_VERSION, "tidelog-client", "0.11.0")
+# Section 4.5: the partition id of an empty group poll whose assignment is stale.
+_STALE_ASSIGNMENT_PARTITION_ID = U32_MAX
+# A 0.9 group member re-syncs at least this often, as the SDK does after each heartbeat
+# ping (section 5.4), so partitions it gains while busy are not left unread for long.
+_ASSIGNMENT_MAX_AGE_S = 5.0
+# Assignments of groups a client polls; past this many the cache starts over.
+_ASSIGNMENTS_MAX = 1024
 _ALREADY_EXISTS = frozenset(
     {
         Status.STREAM_NAME_ALREADY_EXISTS,
@@ -145,38 +182,59 @@ _CONNECTION_PREFIXES = ("iggy+tcp://", "iggy://")
 
 
 def status_name(code: int) -> str:
-    """``Status(code).name``, or ``"UNKNOWN"`` for a code this client does not know."""
-    try:
-        return Status(code).name
-    except ValueError:
-        return "UNKNOWN"
+    """The :class:`Status` name of ``code`` (or of the codes 0.9 adds, ``Status09``), or
+    ``"UNKNOWN"`` for a code this client does not know."""
+    for table in (Status, Status09):
+        if code in table._value2member_map_:
+            return table(code).name
+    return "UNKNOWN"
+
+
+def _command_name(command: int) -> str:
+    for table in (Command, CommandCode):
+        if command in table._value2member_map_:
+            return table(command).name
+    return f"command {command}"
 
 
 class IggyServerError(IggyError):
-    """The server answered a request with an error status.
+    """The server refused a request: an error status, or in 0.9 a result-section rejection.
 
     ``status`` (and ``code``) is the numeric code as received, ``name`` its :class:`Status`
     name (``"UNKNOWN"`` for codes outside the table), ``command`` the request's code.
     """
 
-    def __init__(self, code: int, command: int = 0) -> None:
+    def __init__(self, code: int, command: int = 0, detail: str = "") -> None:
         name = status_name(code)
-        try:
-            what = Command(command).name
-        except ValueError:
-            what = f"command {command}"
-        Exception.__init__(self, f"{name} ({code}) in reply to {what}")
+        Exception.__init__(
+            self, f"{name} ({code}) in reply to {_command_name(command)}{': ' + detail if detail else ''}"
+        )
         # IggyError types `status` as Status; an unknown code must still keep its number.
         self.status = code  # type: ignore[assignment]
         self.code = code
         self.name = name
         self.command = command
-        self.detail = ""
+        self.detail = detail
 
     @property
     def already_exists(self) -> bool:
         """True for the codes the SDK treats as "already exists" (1012, 2013, 46, 51, 5004)."""
         return self.code in _ALREADY_EXISTS
+
+
+class IggyEvictedError(IggyServerError):
+    """A 0.9 server evicted the session (section 1.6): a refused login, no session, a stale
+    client. ``reason`` is the eviction reason byte (an :class:`EvictionReason` when known);
+    ``code`` is the error the SDK raises for it (``INVALID_CREDENTIALS`` for a wrong password,
+    ``UNAUTHENTICATED`` for a request before login, ...). The connection is closed: the next
+    request opens a new one."""
+
+    def __init__(self, reason: int, command: int = 0) -> None:
+        known = reason in EvictionReason._value2member_map_
+        code = EVICTION_SDK_ERROR[EvictionReason(reason)] if known else Status.ERROR
+        why = EvictionReason(reason).name if known else "UNKNOWN"
+        super().__init__(code, command, f"the server evicted the session ({why}, reason {reason})")
+        self.reason: EvictionReason | int = EvictionReason(reason) if known else reason
 
 
 class IggyConnectionError(ConnectionError):
@@ -246,6 +304,17 @@ class ConnectionOptions:
     reconnect_interval_s: float = 1.0
     nodelay: bool = True
     heartbeat_interval_s: float | None = None
+    protocol: Generation = DEFAULT_PROTOCOL
+    """``?protocol=0.9|0.8``, tidelog's own option (the SDKs each speak one generation)."""
+
+
+def parse_protocol(value: str | Generation) -> Generation:
+    """``"0.9"`` / ``"0.8"`` (or a :data:`ProtocolGeneration`) -> the generation."""
+    try:
+        return Generation(value)
+    except ValueError:
+        choices = ", ".join(repr(g.value) for g in Generation)
+        raise ValueError(f"protocol must be one of {choices}, got {value!r}") from None
 
 
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(us|µs|ms|s|sec|secs|m|min|mins|h)?\s*")
@@ -329,6 +398,8 @@ def parse_connection_string(text: str) -> ConnectionOptions:
             options["nodelay"] = _parse_bool(value)
         elif key == "heartbeat_interval":
             options["heartbeat_interval_s"] = parse_duration_s(value)
+        elif key == "protocol":
+            options["protocol"] = parse_protocol(value)
         elif key == "tls":
             if _parse_bool(value):
                 raise ValueError("TLS is not supported by this client")
@@ -350,23 +421,29 @@ def _ident(value: int | str) -> Identifier:
     return identifier_from_user(value)
 
 
-def encode_request_header(code: int, payload_length: int) -> bytes:
-    assert payload_length + _CODE_SIZE <= U32_MAX
-    return _HEADER.pack(payload_length + _CODE_SIZE, code)
-
-
 def encode_send_frame(
     stream: int | str,
     topic: int | str,
     partitioning: Partitioning,
     messages: Sequence[OutgoingMessage | bytes],
+    protocol: str | Generation = DEFAULT_PROTOCOL,
 ) -> bytes:
-    """A whole SendMessages request frame, for :meth:`IggyClient.send_raw` to send as it is."""
-    payload = _send_payload(stream, topic, partitioning, messages)
-    return encode_request_header(Command.SEND_MESSAGES, len(payload)) + payload
+    """A whole SendMessages request frame of ``protocol``, for :meth:`IggyClient.send_raw`.
+
+    A 0.8 frame is sent as it is. A 0.9 frame's header is a template: the client, session and
+    request number are the connection's, so ``send_raw`` writes a fresh header before the
+    body, which it sends unchanged (the batch in it, ids and checksums included).
+    """
+    generation = parse_protocol(protocol)
+    payload = _send_payload(CODECS[generation], stream, topic, partitioning, messages)
+    if generation is Generation.V09:
+        header = request_header_for(Operation.SEND_MESSAGES, payload, client=0)
+        return header.encode() + payload
+    return framing.encode_request(Command.SEND_MESSAGES, payload)
 
 
 def _send_payload(
+    codec: Codec,
     stream: int | str,
     topic: int | str,
     partitioning: Partitioning,
@@ -375,33 +452,36 @@ def _send_payload(
     if not messages:
         raise ValueError("send_messages needs at least one message")
     batch = [m if isinstance(m, OutgoingMessage) else OutgoingMessage(bytes(m)) for m in messages]
-    return encode_send_messages(_ident(stream), _ident(topic), partitioning, batch)
+    return codec.send_messages(_ident(stream), _ident(topic), partitioning, batch)
 
 
 # ---------------------------------------------------------------------------------------------
 # The wire: one TCP connection
 
+A = TypeVar("A")
+"""What a wire delivers per received frame: 0.8 ``(status, payload)``, 0.9 a decoder event."""
 
-class _Wire(asyncio.BufferedProtocol):
-    """Receives reply frames straight into their final buffers; writes request frames.
 
-    The transport reads into whatever :meth:`get_buffer` returns: the 8-byte header buffer,
-    then a fresh ``bytearray`` of exactly the payload's size. So a reply payload is copied once
-    (kernel to its buffer) and never again.
-    """
+@dataclass(slots=True)
+class _Counters:
+    """Shared by a client and its successive wires."""
 
-    def __init__(self, max_reply_bytes: int) -> None:
-        self._max_reply_bytes = max_reply_bytes
+    requests: int = 0
+
+
+class _Wire(asyncio.BufferedProtocol, Generic[A], abc.ABC):
+    """What both generations' connections share: one request in flight and the waiter for its
+    answer, write backpressure, and the loss of the line. Subclasses frame requests, split
+    replies (``get_buffer`` / ``buffer_updated``) and turn answers into results or errors."""
+
+    generation: ClassVar[Generation]
+
+    def __init__(self, max_reply_bytes: int, counters: _Counters) -> None:
+        self._counters = counters
         self._transport: asyncio.Transport | None = None
-        self._header = bytearray(FRAME_HEADER_SIZE)
-        self._header_view = memoryview(self._header)
-        self._payload: bytearray | None = None
-        self._payload_view = _EMPTY
-        self._filled = 0
-        self._status = 0
-        self._waiter: asyncio.Future[tuple[int, memoryview]] | None = None
+        self._waiter: asyncio.Future[A] | None = None
         # Frames that came with nobody waiting: only the server's goodbye (Disconnected).
-        self._unclaimed: deque[tuple[int, memoryview]] = deque()
+        self._unclaimed: deque[A] = deque()
         self._lost: IggyConnectionError | None = None
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -414,40 +494,6 @@ class _Wire(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self._payload is not None:
-            return self._payload_view[self._filled :]
-        return self._header_view[self._filled :]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._filled += nbytes
-        payload = self._payload
-        if payload is not None:
-            if self._filled == len(payload):
-                view = self._payload_view.toreadonly()
-                self._payload = None
-                self._payload_view = _EMPTY
-                self._filled = 0
-                self._deliver(self._status, view)
-            return
-        if self._filled < FRAME_HEADER_SIZE:
-            return
-        self._filled = 0
-        status, length = _HEADER.unpack_from(self._header)
-        if status != Status.OK or length <= _EMPTY_REPLY_MAX_LENGTH:
-            self._deliver(status, _EMPTY)
-            return
-        if length > self._max_reply_bytes:
-            self._fail(
-                IggyConnectionError(f"reply of {length} bytes is over the {self._max_reply_bytes} limit")
-            )
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        self._status = status
-        self._payload = bytearray(length)
-        self._payload_view = memoryview(self._payload)
 
     def eof_received(self) -> bool:
         self._fail(IggyConnectionError(f"server {self.peer} closed the connection"))
@@ -468,13 +514,21 @@ class _Wire(asyncio.BufferedProtocol):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _deliver(self, status: int, payload: memoryview) -> None:
+    def _deliver(self, answer: A) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             self._waiter = None
-            waiter.set_result((status, payload))
+            waiter.set_result(answer)
+        elif len(self._unclaimed) < _UNCLAIMED_MAX:
+            self._unclaimed.append(answer)
         else:
-            self._unclaimed.append((status, payload))
+            self._break(f"server {self.peer} sent {_UNCLAIMED_MAX} frames nobody asked for")
+
+    def _break(self, why: str) -> None:
+        """The byte stream cannot be trusted any more: fail the request and cut the line."""
+        self._fail(IggyConnectionError(why))
+        if self._transport is not None:
+            self._transport.abort()
 
     def _fail(self, exc: IggyConnectionError) -> None:
         if self._lost is None:
@@ -491,7 +545,7 @@ class _Wire(asyncio.BufferedProtocol):
             waiter.set_result(None)
 
     @staticmethod
-    def _on_timeout(waiter: asyncio.Future[tuple[int, memoryview]], timeout_s: float) -> None:
+    def _on_timeout(waiter: asyncio.Future[A], timeout_s: float) -> None:
         if not waiter.done():
             waiter.set_exception(IggyTimeoutError(f"no reply within {timeout_s} s"))
 
@@ -510,10 +564,8 @@ class _Wire(asyncio.BufferedProtocol):
             self._transport.abort()
         self._fail(IggyConnectionError("connection abandoned"))
 
-    async def roundtrip(
-        self, head: BytesLike, tail: BytesLike | None, timeout_s: float | None
-    ) -> tuple[int, memoryview]:
-        """Write one frame (``head`` then ``tail``) and wait for the one reply it gets."""
+    async def _roundtrip(self, head: BytesLike, tail: BytesLike | None, timeout_s: float | None) -> A:
+        """Write one frame (``head`` then ``tail``) and wait for the one answer it gets."""
         transport = self._transport
         if self._lost is not None:
             raise self._lost
@@ -522,6 +574,7 @@ class _Wire(asyncio.BufferedProtocol):
             transport.write(head)
         else:
             transport.writelines((head, tail))
+        self._counters.requests += 1
         loop = asyncio.get_running_loop()
         if self._write_paused:
             drain: asyncio.Future[None] = loop.create_future()
@@ -537,7 +590,7 @@ class _Wire(asyncio.BufferedProtocol):
                 raise self._lost
         if self._unclaimed:
             return self._unclaimed.popleft()
-        waiter: asyncio.Future[tuple[int, memoryview]] = loop.create_future()
+        waiter: asyncio.Future[A] = loop.create_future()
         self._waiter = waiter
         if timeout_s is None:
             return await waiter
@@ -547,6 +600,241 @@ class _Wire(asyncio.BufferedProtocol):
         finally:
             handle.cancel()
             self._waiter = None
+
+    # -- what each generation says differently -------------------------------------------------
+
+    @abc.abstractmethod
+    async def call(self, code: int, payload: BytesLike, timeout_s: float | None) -> memoryview:
+        """Send command ``code``; return the reply payload or raise :class:`IggyServerError`."""
+
+    @abc.abstractmethod
+    async def login_password(self, username: str, password: str, timeout_s: float | None) -> int:
+        """Log this connection in; return the user id."""
+
+    @abc.abstractmethod
+    async def login_token(self, token: str, timeout_s: float | None) -> int:
+        """Log this connection in with a personal access token; return the user id."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def check_frame(frame: BytesLike) -> None:
+        """Refuse (``ValueError``) what is not a SendMessages frame of this generation."""
+
+    @abc.abstractmethod
+    async def send_frame(self, frame: BytesLike, timeout_s: float | None) -> None:
+        """Send a pre-encoded SendMessages frame (see :func:`encode_send_frame`)."""
+
+
+class _Wire08(_Wire[tuple[int, memoryview]]):
+    """The classic framing, read by ``wire.framing.ClientFraming`` pull-style: the transport
+    reads straight into what the machine asks for, the 8-byte header, then a fresh buffer of
+    exactly the payload's size. So a reply payload is copied once (kernel to its buffer) and
+    never again, and polled messages view that one buffer.
+    """
+
+    generation = Generation.V08
+
+    def __init__(self, max_reply_bytes: int, counters: _Counters) -> None:
+        super().__init__(max_reply_bytes, counters)
+        self._framing = framing.ClientFraming(max_payload_bytes=max_reply_bytes)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._framing.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        event = self._framing.received(nbytes)
+        if event is None:
+            return
+        if isinstance(event, framing.FramingError):
+            self._break(f"server {self.peer} sent a reply this client refuses: {event.detail}")
+            return
+        self._deliver((event.status, event.payload))
+
+    async def call(self, code: int, payload: BytesLike, timeout_s: float | None) -> memoryview:
+        head = framing.request_header(code, len(payload))
+        if len(payload) <= _JOIN_WRITE_MAX_BYTES:
+            status, body = await self._roundtrip(head + payload, None, timeout_s)
+        else:
+            status, body = await self._roundtrip(head, payload, timeout_s)
+        if status != Status.OK:
+            raise IggyServerError(status, code)
+        return body
+
+    async def login_password(self, username: str, password: str, timeout_s: float | None) -> int:
+        body = await self.call(Command.LOGIN_USER, LoginUser(username, password).encode(), timeout_s)
+        return decode_record(Identity, body).user_id
+
+    async def login_token(self, token: str, timeout_s: float | None) -> int:
+        login = LoginWithPersonalAccessToken(token)
+        body = await self.call(login.CODE, login.encode(), timeout_s)
+        return decode_record(Identity, body).user_id
+
+    @staticmethod
+    def check_frame(frame: BytesLike) -> None:
+        if len(frame) < FRAME_HEADER_SIZE:
+            raise ValueError(f"a 0.8 frame is at least {FRAME_HEADER_SIZE} bytes")
+
+    async def send_frame(self, frame: BytesLike, timeout_s: float | None) -> None:
+        status, _ = await self._roundtrip(frame, None, timeout_s)
+        if status != Status.OK:
+            raise IggyServerError(status, Command.SEND_MESSAGES)
+
+
+_Answer09 = f09.ReplyReceived | f09.EvictionReceived
+
+
+def _new_client_id() -> int:
+    """A VSR client id as the SDK mints one: a random UUIDv4 as u128, never 0 (section 1.2)."""
+    return uuid.uuid4().int
+
+
+class _Wire09(_Wire[_Answer09]):
+    """The VSR framing (sections 1.2-1.7), by ``wire.v09.frames.ClientFraming``: 256-byte
+    headers numbered as the SDK numbers them (client id, the session bound by the login, a
+    request number), replies and evictions read pull-style like 0.8's, each body into one
+    buffer of its own."""
+
+    generation = Generation.V09
+
+    def __init__(self, max_reply_bytes: int, counters: _Counters) -> None:
+        super().__init__(max_reply_bytes, counters)
+        self._framing = f09.ClientFraming(
+            client=_new_client_id(), max_frame_size=min(max_reply_bytes + HEADER_SIZE, U32_MAX)
+        )
+        self._body_given = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        framing09 = self._framing
+        if framing09.reading_body and not self._body_given:
+            # A writable buffer of the body's size: the batch parser then reads a poll's
+            # records where they were received (it copies read-only input first).
+            framing09.use_body_buffer(bytearray(framing09.bytes_needed))
+            self._body_given = True
+        return framing09.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        event = self._framing.received(nbytes)
+        if event is None:
+            return
+        self._body_given = False
+        if isinstance(event, f09.ReplyViolation):
+            self._break(f"server {self.peer} sent a frame a 0.9 client refuses: {event.reason}")
+            return
+        self._deliver(event)
+
+    def _header(self, operation: Operation, code: int, body: BytesLike) -> bytes:
+        nr = operation == Operation.NON_REPLICATED
+        return self._framing.header(operation, body, code if nr else 0).encode()
+
+    async def _answer(
+        self, operation: Operation, code: int, body: BytesLike, timeout_s: float | None
+    ) -> f09.ReplyReceived:
+        """Send one request; the reply, or the error its status or an eviction says."""
+        head = self._header(operation, code, body)
+        if len(body) <= _JOIN_WRITE_MAX_BYTES:
+            answer = await self._roundtrip(head + body, None, timeout_s)
+        else:
+            answer = await self._roundtrip(head, body, timeout_s)
+        if isinstance(answer, f09.EvictionReceived):
+            # The session is dead (1.6); the client drops this connection for a fresh one.
+            self._framing.session = 0
+            raise IggyEvictedError(answer.header.reason, code)
+        status = answer.header.status
+        if status != STATUS_OK:
+            raise IggyServerError(status, code)
+        return answer
+
+    async def call(self, code: int, payload: BytesLike, timeout_s: float | None) -> memoryview:
+        operation = operation_for_code(code)
+        answer = await self._answer(operation, code, payload, timeout_s)
+        if operation == Operation.LOGOUT:
+            self._framing.session = 0
+        # The echoed operation decides the framing (1.4): Iggy's server answers DeleteSegments
+        # as TruncatePartition (68), which carries a result section.
+        if reply_framing(answer.operation) is ReplyFraming.RAW:
+            return answer.body
+        section = f09.decode_result_section(answer.body)
+        if isinstance(section, f09.ResultOk):
+            return section.payload
+        if isinstance(section, f09.ResultRejected):
+            raise IggyServerError(section.code, code)
+        raise IggyServerError(Status.INVALID_COMMAND, code, section.reason)
+
+    async def _register(self, code: CommandCode, body: bytes, timeout_s: float | None) -> int:
+        if self._framing.session:
+            # As the SDK (1.7): Register on a bound connection would replay the old session, so
+            # a logged-in client logs out and registers again under a fresh client id.
+            await self.call(CommandCode.LOGOUT_USER, b"", timeout_s)
+            self._framing.client = _new_client_id()
+            self._framing.request_number = 0
+        answer = await self._answer(Operation.REGISTER, code, body, timeout_s)
+        reply = f09.decode_login_reply(answer.body)
+        if isinstance(reply, f09.LoginReply):
+            self._framing.session = reply.session
+            return reply.user_id
+        if isinstance(reply, f09.ResultRejected):
+            raise IggyServerError(reply.code, code)
+        # An empty body is the "terminal failure" of 1.5, which the SDK reports as InvalidFormat.
+        raise IggyServerError(Status.INVALID_FORMAT, code, reply.reason)
+
+    async def login_password(self, username: str, password: str, timeout_s: float | None) -> int:
+        body = f09.encode_password_login(_CLIENT_VERSION, f09.PasswordLogin(username, password))
+        return await self._register(CommandCode.LOGIN_REGISTER, body, timeout_s)
+
+    async def login_token(self, token: str, timeout_s: float | None) -> int:
+        body = f09.encode_token_login(_CLIENT_VERSION, f09.TokenLogin(token))
+        return await self._register(CommandCode.LOGIN_REGISTER_WITH_PAT, body, timeout_s)
+
+    @staticmethod
+    def check_frame(frame: BytesLike) -> None:
+        header = RequestHeader.decode(frame) if len(frame) >= HEADER_SIZE else None
+        if (
+            header is None
+            or header.command != VsrCommand.REQUEST
+            or header.operation != Operation.SEND_MESSAGES
+            or header.size != len(frame)
+        ):
+            raise ValueError("a 0.9 connection sends 0.9 SendMessages frames (see encode_send_frame)")
+
+    async def send_frame(self, frame: BytesLike, timeout_s: float | None) -> None:
+        # Only the body is the caller's: the header is re-made with this connection's numbers.
+        body = memoryview(frame)[HEADER_SIZE:]
+        await self._answer(Operation.SEND_MESSAGES, CommandCode.SEND_MESSAGES, body, timeout_s)
+
+
+_WIRE_TYPES: dict[Generation, type[_Wire[Any]]] = {Generation.V08: _Wire08, Generation.V09: _Wire09}
+
+
+@dataclass(slots=True)
+class _Assignment:
+    """A 0.9 group member's partitions as its last SyncConsumerGroup said (section 5.4)."""
+
+    generation: int
+    partition_ids: tuple[int, ...]
+    synced_at_s: float
+    turn: int = 0
+    empty_polls: int = 0
+    """Empty polls in a row: a whole round of them sends the member to look for new partitions."""
+
+    def next_partition(self) -> int:
+        """Round robin over the assigned partitions, as the SDK polls them."""
+        partition = self.partition_ids[self.turn % len(self.partition_ids)]
+        self.turn += 1
+        return partition
+
+    def worn(self, now_s: float) -> bool:
+        return self.empty_polls >= len(self.partition_ids) or now_s - self.synced_at_s > _ASSIGNMENT_MAX_AGE_S
+
+
+GroupKey = tuple[Identifier, Identifier, Identifier]
+
+
+def _stale(poll_body: memoryview) -> bool:
+    """Whether a 0.9 group poll was answered with the stale-assignment mark (section 4.5)."""
+    return (
+        len(poll_body) >= POLL_REPLY_HEADER_SIZE
+        and decode_record(PollHeader, poll_body).partition_id == _STALE_ASSIGNMENT_PARTITION_ID
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,15 +847,17 @@ class _Decodable(Protocol):
 
 
 D = TypeVar("D", bound=_Decodable)
+T = TypeVar("T")
 
 
 class IggyClient:
-    """One connection to a tidelog / Iggy 0.8 server, one typed method per command.
+    """One connection to a tidelog / Iggy server, one typed method per command.
 
     Build it with ``await IggyClient.connect(...)`` or
-    ``await IggyClient.from_connection_string(...)``. Identifier arguments take an ``int``
-    (numeric id) or a ``str`` (name; a string of digits means that numeric id, as in the SDK).
-    Reads of a missing entity return ``None`` (or ``[]``), mutations raise
+    ``await IggyClient.from_connection_string(...)``; ``protocol="0.9"`` (default) or ``"0.8"``
+    picks the generation, and every method means the same under both. Identifier arguments
+    take an ``int`` (numeric id) or a ``str`` (name; a string of digits means that numeric id,
+    as in the SDK). Reads of a missing entity return ``None`` (or ``[]``), mutations raise
     :class:`IggyServerError`.
     """
 
@@ -584,6 +874,7 @@ class IggyClient:
         reconnect_interval_s: float = 1.0,
         nodelay: bool = True,
         max_reply_bytes: int = 1 << 31,
+        protocol: str | Generation = DEFAULT_PROTOCOL,
     ) -> None:
         split_address(address)  # validate early
         if (username is None) != (password is None):
@@ -594,6 +885,9 @@ class IggyClient:
         assert reconnect_interval_s >= 0 and max_reply_bytes > 0
         self.address = address
         """Where the next (re)connection goes; may be changed while the client lives."""
+        self.protocol = parse_protocol(protocol)
+        """The generation this client speaks (:data:`ProtocolGeneration`), fixed for its life."""
+        self._codec = CODECS[self.protocol]
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.reconnect_retries = reconnect_retries
@@ -604,15 +898,21 @@ class IggyClient:
             (username, password) if username is not None and password is not None else None
         )
         self._token = token
-        self._joined: set[tuple[Identifier, Identifier, Identifier]] = set()
-        self._wire: _Wire | None = None
+        self._joined: set[GroupKey] = set()
+        # 0.9 only: the partitions of each group this client polls without naming one.
+        self._assignments: dict[GroupKey, _Assignment] = {}
+        self._wire: _Wire[Any] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
         self._opened = False
+        self._counters = _Counters()
         self.user_id: int | None = None
-        self.requests_count = 0
-        """Requests written so far (logins and retries included): cheap client-side metrics."""
         self.reconnects_count = 0
+
+    @property
+    def requests_count(self) -> int:
+        """Requests written so far (logins and retries included): cheap client-side metrics."""
+        return self._counters.requests
 
     # -- construction --------------------------------------------------------------------------
 
@@ -630,6 +930,7 @@ class IggyClient:
         reconnect_interval_s: float = 1.0,
         nodelay: bool = True,
         max_reply_bytes: int = 1 << 31,
+        protocol: str | Generation = DEFAULT_PROTOCOL,
     ) -> Self:
         """Connect (trying ``1 + reconnect_retries`` times) and log in if credentials are given."""
         client = cls(
@@ -643,6 +944,7 @@ class IggyClient:
             reconnect_interval_s=reconnect_interval_s,
             nodelay=nodelay,
             max_reply_bytes=max_reply_bytes,
+            protocol=protocol,
         )
         await client.open()
         return client
@@ -650,7 +952,8 @@ class IggyClient:
     @classmethod
     async def from_connection_string(cls, connection_string: str, **overrides: Any) -> Self:
         """``iggy+tcp://user:pass@host:port?reconnection_retries=3&reconnection_interval=1s``,
-        or ``iggy+tcp://TOKEN@host:port``; connects and logs in. ``overrides`` win over the string.
+        or ``iggy+tcp://TOKEN@host:port``, plus ``&protocol=0.8`` for the older generation;
+        connects and logs in. ``overrides`` win over the string.
         """
         o = parse_connection_string(connection_string)
         kwargs: dict[str, Any] = {
@@ -660,6 +963,7 @@ class IggyClient:
             "reconnect_retries": o.reconnect_retries,
             "reconnect_interval_s": o.reconnect_interval_s,
             "nodelay": o.nodelay,
+            "protocol": o.protocol,
         }
         kwargs.update(overrides)
         return await cls.connect(o.address, **kwargs)
@@ -670,7 +974,7 @@ class IggyClient:
             if self._wire is None or not self._wire.usable:
                 await self._first_connection()
 
-    async def _first_connection(self) -> _Wire:
+    async def _first_connection(self) -> _Wire[Any]:
         tries = None if self.reconnect_retries is None else 1 + self.reconnect_retries
         wire = await self._establish(tries)
         self._opened = True
@@ -696,13 +1000,15 @@ class IggyClient:
 
     # -- the request path ----------------------------------------------------------------------
 
-    async def _dial(self) -> _Wire:
+    async def _dial(self) -> _Wire[Any]:
         host, port = split_address(self.address)
         loop = asyncio.get_running_loop()
-        max_reply = self.max_reply_bytes
+        wire_type = _WIRE_TYPES[self.protocol]
+        max_reply, counters = self.max_reply_bytes, self._counters
         try:
             transport, wire = await asyncio.wait_for(
-                loop.create_connection(lambda: _Wire(max_reply), host, port), self.connect_timeout_s
+                loop.create_connection(lambda: wire_type(max_reply, counters), host, port),
+                self.connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
             raise IggyConnectionError(
@@ -713,7 +1019,7 @@ class IggyClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if self.nodelay else 0)
         return wire
 
-    async def _establish(self, tries: int | None) -> _Wire:
+    async def _establish(self, tries: int | None) -> _Wire[Any]:
         """Dial up to ``tries`` times (``None`` = forever), then log in and re-join groups."""
         if self._closed:
             raise IggyConnectionError("client is closed")
@@ -736,47 +1042,43 @@ class IggyClient:
         self._wire = wire
         return wire
 
-    async def _login_on(self, wire: _Wire) -> None:
-        login: LoginUser | LoginWithPersonalAccessToken | None = None
+    async def _login_on(self, wire: _Wire[Any]) -> None:
+        timeout_s = self.timeout_s
         if self._token is not None:
-            login = LoginWithPersonalAccessToken(self._token)
+            self.user_id = await wire.login_token(self._token, timeout_s)
         elif self._credentials is not None:
-            login = LoginUser(*self._credentials)
-        if login is not None:
-            body = await self._checked_on(wire, login.CODE, login.encode())
-            self.user_id = decode_record(Identity, body).user_id
+            self.user_id = await wire.login_password(*self._credentials, timeout_s)
+        else:
+            # Membership needs a login in both generations (and 0.9 would evict the attempt).
+            self._joined.clear()
+        # A new connection is a new member: whatever was assigned to the old one is gone.
+        self._assignments.clear()
         for stream, topic, group in sorted(self._joined, key=repr):
             try:
-                await self._checked_on(
-                    wire, Command.JOIN_CONSUMER_GROUP, JoinConsumerGroup(stream, topic, group).encode()
+                await wire.call(
+                    Command.JOIN_CONSUMER_GROUP, JoinConsumerGroup(stream, topic, group).encode(), timeout_s
                 )
             except IggyServerError as exc:
                 log.warning("could not re-join consumer group %r after reconnecting: %s", group, exc)
                 self._joined.discard((stream, topic, group))
+                if isinstance(exc, IggyEvictedError):
+                    raise
 
-    async def _checked_on(self, wire: _Wire, code: int, payload: bytes) -> memoryview:
-        self.requests_count += 1
-        status, body = await wire.roundtrip(
-            encode_request_header(code, len(payload)) + payload, None, self.timeout_s
-        )
-        if status != Status.OK:
-            raise IggyServerError(status, code)
-        return body
-
-    async def _reconnect(self) -> _Wire:
+    async def _reconnect(self) -> _Wire[Any]:
         if self.reconnect_retries == 0:
             raise IggyConnectionError(f"not connected to {self.address} (reconnecting is disabled)")
         self.reconnects_count += 1
         log.warning("reconnecting to %s", self.address)
         return await self._establish(self.reconnect_retries)
 
-    def _drop(self, wire: _Wire) -> None:
+    def _drop(self, wire: _Wire[Any]) -> None:
         wire.abort()
         if self._wire is wire:
             self._wire = None
 
-    async def _exchange(self, code: int, head: BytesLike, tail: BytesLike | None) -> tuple[int, memoryview]:
-        """Send one frame and return its reply; reconnect and retry once if the line drops."""
+    async def _exchange(self, call: Callable[[_Wire[Any]], Awaitable[T]]) -> T:
+        """Run ``call`` (one request) on the connection; reconnect and retry once if the line
+        drops or the server says goodbye."""
         async with self._lock:
             retried = False
             while True:
@@ -788,37 +1090,38 @@ class IggyClient:
                         self._drop(wire)
                     # A client built with the constructor connects on its first request.
                     wire = await (self._reconnect() if self._opened else self._first_connection())
-                self.requests_count += 1
                 try:
-                    status, body = await wire.roundtrip(head, tail, self.timeout_s)
+                    return await call(wire)
                 except IggyConnectionError:
                     self._drop(wire)
                     if retried or self.reconnect_retries == 0 or self._closed:
                         raise
                     retried = True
                     continue
+                except IggyServerError as exc:
+                    goodbye = exc.code in _DROP_STATUSES
+                    # An eviction ends the session, a goodbye the connection: either way this
+                    # one is done. Any other refusal leaves it in use.
+                    if goodbye or isinstance(exc, IggyEvictedError):
+                        self._drop(wire)
+                    if goodbye and not retried and self.reconnect_retries != 0 and not self._closed:
+                        retried = True
+                        continue
+                    raise
                 except BaseException:
                     # Timed out or cancelled mid-request: a late reply would be taken for the
                     # next request's, so this connection cannot be used again.
                     self._drop(wire)
                     raise
-                if status in _DROP_STATUSES:
-                    self._drop(wire)
-                    if not retried and self.reconnect_retries != 0 and not self._closed:
-                        retried = True
-                        continue
-                return status, body
 
     async def request(self, code: int, payload: bytes | bytearray | memoryview = b"") -> memoryview:
-        """Send any command; return the reply payload or raise :class:`IggyServerError`."""
-        n = len(payload)
-        if n <= _JOIN_WRITE_MAX_BYTES:
-            status, body = await self._exchange(code, encode_request_header(code, n) + payload, None)
-        else:
-            status, body = await self._exchange(code, encode_request_header(code, n), payload)
-        if status != Status.OK:
-            raise IggyServerError(status, code)
-        return body
+        """Send any command; return the reply payload or raise :class:`IggyServerError`.
+
+        ``payload`` is the body in this client's generation; for 0.9 the operation follows
+        from ``code`` (section 1.4) and a result section is taken off the reply.
+        """
+        timeout_s = self.timeout_s
+        return await self._exchange(lambda wire: wire.call(code, payload, timeout_s))
 
     async def _optional(self, cls: type[D], code: int, payload: bytes) -> D | None:
         body = await self.request(code, payload)
@@ -860,10 +1163,11 @@ class IggyClient:
     # -- users ---------------------------------------------------------------------------------
 
     async def get_user(self, user: int | str) -> UserDetails | None:
-        return await self._optional(UserDetails, Command.GET_USER, GetUser(_ident(user)).encode())
+        body = await self.request(Command.GET_USER, GetUser(_ident(user)).encode())
+        return self._codec.user_details(body) if body else None
 
     async def get_users(self) -> list[UserInfo]:
-        return decode_list(UserInfo, await self.request(Command.GET_USERS))
+        return self._codec.users(await self.request(Command.GET_USERS))
 
     async def create_user(
         self,
@@ -872,10 +1176,11 @@ class IggyClient:
         status: int = UserStatus.ACTIVE,
         permissions: Permissions | None = None,
     ) -> UserDetails:
+        # 0.9's body is 0.8's plus an options block, empty for users (2.8): the same bytes.
         body = await self.request(
             Command.CREATE_USER, CreateUser(username, password, status, permissions).encode()
         )
-        return decode_record(UserDetails, body)
+        return self._codec.user_details(body)
 
     async def delete_user(self, user: int | str) -> None:
         await self.request(Command.DELETE_USER, DeleteUser(_ident(user)).encode())
@@ -895,11 +1200,12 @@ class IggyClient:
 
     async def login_user(self, username: str, password: str) -> int:
         """Log in; the credentials are kept to log in again after a reconnect. Returns the user id."""
-        body = await self.request(Command.LOGIN_USER, LoginUser(username, password).encode())
+        timeout_s = self.timeout_s
+        user_id = await self._exchange(lambda wire: wire.login_password(username, password, timeout_s))
         self._credentials = (username, password)
         self._token = None
-        self.user_id = decode_record(Identity, body).user_id
-        return self.user_id
+        self.user_id = user_id
+        return user_id
 
     async def logout_user(self) -> None:
         await self.request(Command.LOGOUT_USER)
@@ -924,13 +1230,12 @@ class IggyClient:
 
     async def login_with_token(self, token: str) -> int:
         """Log in with a personal access token (kept for re-login). Returns the user id."""
-        body = await self.request(
-            Command.LOGIN_WITH_PERSONAL_ACCESS_TOKEN, LoginWithPersonalAccessToken(token).encode()
-        )
+        timeout_s = self.timeout_s
+        user_id = await self._exchange(lambda wire: wire.login_token(token, timeout_s))
         self._token = token
         self._credentials = None
-        self.user_id = decode_record(Identity, body).user_id
-        return self.user_id
+        self.user_id = user_id
+        return user_id
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -941,16 +1246,21 @@ class IggyClient:
         partitioning: Partitioning,
         messages: Sequence[OutgoingMessage | bytes],
     ) -> None:
-        """Send one batch, built into one buffer (checksum/offset/timestamp left for the server)."""
-        payload = _send_payload(stream, topic, partitioning, messages)
+        """Send one batch, built into one buffer.
+
+        0.8 leaves checksums, offsets, timestamps and ids of 0 to the server; 0.9 computes
+        every checksum and gives ids of 0 a random UUIDv4 here, as the SDK does. Offsets and
+        the broker timestamp are the server's in both."""
+        payload = _send_payload(self._codec, stream, topic, partitioning, messages)
         await self.request(Command.SEND_MESSAGES, payload)
 
     async def send_raw(self, frame: bytes | bytearray | memoryview) -> None:
-        """Send a whole pre-encoded SendMessages frame (see :func:`encode_send_frame`) unchanged."""
-        assert len(frame) >= FRAME_HEADER_SIZE
-        status, _ = await self._exchange(Command.SEND_MESSAGES, frame, None)
-        if status != Status.OK:
-            raise IggyServerError(status, Command.SEND_MESSAGES)
+        """Send a whole pre-encoded SendMessages frame of this client's generation (see
+        :func:`encode_send_frame`): unchanged in 0.8; in 0.9 the body unchanged under a header
+        with this connection's client, session and request number."""
+        _WIRE_TYPES[self.protocol].check_frame(frame)
+        timeout_s = self.timeout_s
+        await self._exchange(lambda wire: wire.send_frame(frame, timeout_s))
 
     async def poll_raw(
         self,
@@ -962,18 +1272,9 @@ class IggyClient:
         auto_commit: bool = False,
         consumer: Consumer = DEFAULT_CONSUMER,
     ) -> tuple[PollHeader, memoryview]:
-        """Poll without parsing messages: the reply header and a view of the message bytes."""
-        request = PollMessages(
-            consumer,
-            _ident(stream),
-            _ident(topic),
-            partition_id,
-            strategy.kind,
-            strategy.value,
-            count,
-            auto_commit,
-        )
-        body = await self.request(Command.POLL_MESSAGES, request.encode())
+        """Poll without parsing messages: the reply header and a view of the message bytes, in
+        the generation's own format (0.8: 64-byte headed messages; 0.9: batch records, 4.5)."""
+        body = await self._poll(stream, topic, partition_id, strategy, count, auto_commit, consumer)
         if len(body) < POLL_REPLY_HEADER_SIZE:
             return PollHeader(partition_id or 0, 0, 0), _EMPTY
         return decode_record(PollHeader, body), body[POLL_REPLY_HEADER_SIZE:]
@@ -988,22 +1289,81 @@ class IggyClient:
         auto_commit: bool = False,
         consumer: Consumer = DEFAULT_CONSUMER,
     ) -> PolledBatch:
-        """Poll; the messages are views over the received buffer (copy what you keep long)."""
-        request = PollMessages(
-            consumer,
-            _ident(stream),
-            _ident(topic),
-            partition_id,
-            strategy.kind,
-            strategy.value,
-            count,
-            auto_commit,
-        )
-        body = await self.request(Command.POLL_MESSAGES, request.encode())
+        """Poll; the messages are views over one buffer per reply (copy what you keep long).
+
+        A consumer-group member may leave ``partition_id`` out in both generations: the 0.8
+        server picks one of the member's partitions; over 0.9 this client does, round robin
+        over the assignment SyncConsumerGroup reports (section 5.4). Naming a partition the
+        member does not own answers an empty batch whose partition id is ``0xFFFFFFFF`` in
+        0.9 (the stale-assignment mark).
+        """
+        body = await self._poll(stream, topic, partition_id, strategy, count, auto_commit, consumer)
         if len(body) < POLL_REPLY_HEADER_SIZE:
             return PolledBatch(partition_id or 0, 0, [])
-        header, messages = decode_poll_reply(body)
+        header, messages = self._codec.poll_reply(body)
         return PolledBatch(header.partition_id, header.current_offset, messages)
+
+    async def _poll(
+        self,
+        stream: int | str,
+        topic: int | str,
+        partition_id: int | None,
+        strategy: PollingStrategy,
+        count: int,
+        auto_commit: bool,
+        consumer: Consumer,
+    ) -> memoryview:
+        stream_id, topic_id = _ident(stream), _ident(topic)
+        group = consumer.kind == ConsumerKind.CONSUMER_GROUP and self.protocol is Generation.V09
+        if group and partition_id is None:
+            key = (stream_id, topic_id, consumer.id)
+            return await self._group_poll(key, consumer, strategy, count, auto_commit)
+        request = PollMessages(
+            consumer, stream_id, topic_id, partition_id, strategy.kind, strategy.value, count, auto_commit
+        )
+        body = await self.request(Command.POLL_MESSAGES, request.encode())
+        if group and _stale(body):
+            self._assignments.pop((stream_id, topic_id, consumer.id), None)
+        return body
+
+    async def _group_poll(
+        self, key: GroupKey, consumer: Consumer, strategy: PollingStrategy, count: int, auto_commit: bool
+    ) -> memoryview:
+        """A 0.9 member's poll of its next partition. A stale answer (the assignment changed
+        since the last sync) gets one re-sync and one more try, as the SDK does (5.4)."""
+        body: memoryview = memoryview(PollHeader(0, 0, 0).encode())
+        for _ in range(2):
+            assignment = self._assignments.get(key)
+            if assignment is None or assignment.worn(time.monotonic()):
+                assignment = await self._sync_group(key)
+            if not assignment.partition_ids:
+                # More members than partitions: nothing to read until a rebalance, which the
+                # next poll asks about again.
+                self._assignments.pop(key, None)
+                return body
+            partition = assignment.next_partition()
+            request = PollMessages(
+                consumer, key[0], key[1], partition, strategy.kind, strategy.value, count, auto_commit
+            )
+            body = await self.request(Command.POLL_MESSAGES, request.encode())
+            if not _stale(body):
+                head = decode_record(PollHeader, body) if len(body) >= POLL_REPLY_HEADER_SIZE else None
+                assignment.empty_polls = 0 if head and head.messages_count else assignment.empty_polls + 1
+                return body
+            self._assignments.pop(key, None)
+        return body
+
+    async def _sync_group(self, key: GroupKey) -> _Assignment:
+        body = await self.request(CommandCode.SYNC_CONSUMER_GROUP, SyncConsumerGroup(*key).encode())
+        synced = decode_sync_group09(body)
+        if synced is None:
+            # Not a member: the SDK reports this on the poll (5.4).
+            raise IggyServerError(Status.CONSUMER_GROUP_MEMBER_NOT_FOUND, Command.POLL_MESSAGES)
+        if len(self._assignments) >= _ASSIGNMENTS_MAX:
+            self._assignments.clear()
+        assignment = _Assignment(synced.generation, synced.partition_ids, time.monotonic())
+        self._assignments[key] = assignment
+        return assignment
 
     async def flush_unsaved_buffer(
         self, stream: int | str, topic: int | str, partition_id: int, fsync: bool = False
@@ -1024,27 +1384,27 @@ class IggyClient:
     async def store_consumer_offset(
         self, consumer: Consumer, stream: int | str, topic: int | str, partition_id: int | None, offset: int
     ) -> None:
-        payload = StoreConsumerOffset(consumer, _ident(stream), _ident(topic), partition_id, offset).encode()
+        payload = self._codec.store_offset(consumer, _ident(stream), _ident(topic), partition_id, offset)
         await self.request(Command.STORE_CONSUMER_OFFSET, payload)
 
     async def delete_consumer_offset(
         self, consumer: Consumer, stream: int | str, topic: int | str, partition_id: int | None
     ) -> None:
-        payload = DeleteConsumerOffset(consumer, _ident(stream), _ident(topic), partition_id).encode()
+        payload = self._codec.delete_offset(consumer, _ident(stream), _ident(topic), partition_id)
         await self.request(Command.DELETE_CONSUMER_OFFSET, payload)
 
     # -- streams -------------------------------------------------------------------------------
 
     async def get_stream(self, stream: int | str) -> StreamDetails | None:
-        return await self._optional(StreamDetails, Command.GET_STREAM, GetStream(_ident(stream)).encode())
+        body = await self.request(Command.GET_STREAM, GetStream(_ident(stream)).encode())
+        return self._codec.stream_details(body) if body else None
 
     async def get_streams(self) -> list[StreamInfo]:
-        return decode_list(StreamInfo, await self.request(Command.GET_STREAMS))
+        return self._codec.streams(await self.request(Command.GET_STREAMS))
 
     async def create_stream(self, name: str) -> StreamInfo:
-        return decode_record(
-            StreamInfo, await self.request(Command.CREATE_STREAM, CreateStream(name).encode())
-        )
+        # 0.9's body is 0.8's plus an options block, empty for streams (2.8): the same bytes.
+        return self._codec.stream(await self.request(Command.CREATE_STREAM, CreateStream(name).encode()))
 
     async def update_stream(self, stream: int | str, name: str) -> None:
         await self.request(Command.UPDATE_STREAM, UpdateStream(_ident(stream), name).encode())
@@ -1058,14 +1418,11 @@ class IggyClient:
     # -- topics and partitions -----------------------------------------------------------------
 
     async def get_topic(self, stream: int | str, topic: int | str) -> TopicDetails | None:
-        return await self._optional(
-            TopicDetails, Command.GET_TOPIC, GetTopic(_ident(stream), _ident(topic)).encode()
-        )
+        body = await self.request(Command.GET_TOPIC, GetTopic(_ident(stream), _ident(topic)).encode())
+        return self._codec.topic_details(body) if body else None
 
     async def get_topics(self, stream: int | str) -> list[TopicInfo]:
-        return decode_list(
-            TopicInfo, await self.request(Command.GET_TOPICS, GetTopics(_ident(stream)).encode())
-        )
+        return self._codec.topics(await self.request(Command.GET_TOPICS, GetTopics(_ident(stream)).encode()))
 
     async def create_topic(
         self,
@@ -1077,17 +1434,19 @@ class IggyClient:
         max_topic_size_bytes: int = 0,
         replication_factor: int = 0,
     ) -> TopicDetails:
-        """Expiry and size: 0 = server default, ``U64_MAX`` = never / unlimited."""
-        request = CreateTopic(
+        """Expiry and size: 0 = server default, ``U64_MAX`` = never / unlimited. 0.9 sends
+        them as topic options (durability options keep their defaults) and has no
+        replication factor: it is not sent, and topics read back with 0."""
+        payload = self._codec.create_topic(
             _ident(stream),
+            name,
             partitions_count,
             compression_algorithm,
             message_expiry_us,
             max_topic_size_bytes,
             replication_factor,
-            name,
         )
-        return decode_record(TopicDetails, await self.request(Command.CREATE_TOPIC, request.encode()))
+        return self._codec.topic_details(await self.request(Command.CREATE_TOPIC, payload))
 
     async def update_topic(
         self,
@@ -1099,16 +1458,16 @@ class IggyClient:
         max_topic_size_bytes: int = 0,
         replication_factor: int = 0,
     ) -> None:
-        request = UpdateTopic(
+        payload = self._codec.update_topic(
             _ident(stream),
             _ident(topic),
+            name,
             compression_algorithm,
             message_expiry_us,
             max_topic_size_bytes,
             replication_factor,
-            name,
         )
-        await self.request(Command.UPDATE_TOPIC, request.encode())
+        await self.request(Command.UPDATE_TOPIC, payload)
 
     async def delete_topic(self, stream: int | str, topic: int | str) -> None:
         await self.request(Command.DELETE_TOPIC, DeleteTopic(_ident(stream), _ident(topic)).encode())
@@ -1162,16 +1521,19 @@ class IggyClient:
         key = (_ident(stream), _ident(topic), _ident(group))
         await self.request(Command.DELETE_CONSUMER_GROUP, DeleteConsumerGroup(*key).encode())
         self._joined.discard(key)
+        self._assignments.pop(key, None)
 
     async def join_consumer_group(self, stream: int | str, topic: int | str, group: int | str) -> None:
         """Join; the membership is renewed on every reconnect until :meth:`leave_consumer_group`."""
         key = (_ident(stream), _ident(topic), _ident(group))
         await self.request(Command.JOIN_CONSUMER_GROUP, JoinConsumerGroup(*key).encode())
         self._joined.add(key)
+        self._assignments.pop(key, None)
 
     async def leave_consumer_group(self, stream: int | str, topic: int | str, group: int | str) -> None:
         key = (_ident(stream), _ident(topic), _ident(group))
         self._joined.discard(key)
+        self._assignments.pop(key, None)
         await self.request(Command.LEAVE_CONSUMER_GROUP, LeaveConsumerGroup(*key).encode())
 
     # -- high level ----------------------------------------------------------------------------
@@ -1195,16 +1557,20 @@ class IggyClient:
 
 __all__ = [
     "DEFAULT_CONSUMER",
+    "DEFAULT_PROTOCOL",
     "ConnectionOptions",
     "ConsumerId",
     "IggyClient",
     "IggyConnectionError",
+    "IggyEvictedError",
     "IggyServerError",
     "IggyTimeoutError",
     "PolledBatch",
     "PollingStrategy",
+    "ProtocolGeneration",
     "encode_send_frame",
     "parse_connection_string",
     "parse_duration_s",
+    "parse_protocol",
     "status_name",
 ]

@@ -1,4 +1,5 @@
-"""A polling consumer over :class:`~tidelog.client.connection.IggyClient`.
+"""A polling consumer over :class:`~tidelog.client.connection.IggyClient`, in the client's
+protocol generation.
 
 Two modes:
 
@@ -6,7 +7,8 @@ Two modes:
   topic in turn. The first poll of a partition uses the configured strategy; after that the
   consumer continues at ``last offset + 1`` itself, so any strategy reads forward.
 * group member (``group="name"``): creates the group if it is missing, joins it, and polls
-  without a partition so the server picks one of the member's partitions. Groups read with
+  without a partition: over 0.8 the server picks one of the member's partitions, over 0.9
+  the client does from the assignment it syncs (``IggyClient.poll_messages``). Groups read with
   the ``next`` strategy: the server continues after the group's stored offset, so either
   ``auto_commit`` or :meth:`Consumer.store_offset` must move it.
 

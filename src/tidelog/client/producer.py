@@ -1,4 +1,5 @@
-"""A batching producer over :class:`~tidelog.client.connection.IggyClient`.
+"""A batching producer over :class:`~tidelog.client.connection.IggyClient`, in the client's
+protocol generation (a 0.9 batch carries the checksums the client computes).
 
 Messages are buffered per partitioning and sent as one SendMessages batch when a buffer holds
 ``batch_length`` messages or when ``linger_ms`` has passed since its first message. The buffer
