@@ -784,6 +784,14 @@ def test_login_reply_given_rejection_when_decoded_should_carry_the_code() -> Non
     assert decode_login_reply(encode_result_rejection(42)) == ResultRejected(((0, 42),))
 
 
+@given(u32, st.integers(1, 2**64 - 1), u32, names)
+def test_login_reply_given_generated_fields_when_encoded_and_decoded_should_round_trip(
+    user_id: int, session: int, version: int, server_version: str
+) -> None:
+    reply = LoginReply(user_id, session, version, server_version)
+    assert decode_login_reply(encode_login_reply(reply)) == reply
+
+
 def test_generation_given_0_8_frame_starting_like_tls_when_detected_should_still_be_v08() -> None:
     # A 0.8 SendMessages of length 0x316 begins 16 03 00 00, the TLS record prefix.
     assert detect_generation(struct.pack("<II", 0x316, 101)) is Generation.V08
