@@ -5,13 +5,15 @@
 #   with the built _stamp*.so copied into its src/tidelog/). This tree's src/ is the B side.
 # Per run: pp (1 GB of 1000 B x 250), pc (1 GB, prefilled by the bench), and pp under
 # --fsync always (512 MB). Reports and console output go to .bench-tmp/ab/; the summary (medians
-# over the runs, B/A ratios) to stdout.
+# over the runs, B/A ratios) to stdout. Environment: BENCH_ARGS adds bench flags to every run
+# (e.g. "--protocol 0.8" against a tree that predates 0.9), DATA sets the pp/pc volume (1GB).
 set -u
 cd "$(dirname "$0")/.."
 BASE_SRC=$(cd "$1" && pwd); REPEATS=${2:-3}
 OUT=.bench-tmp/ab; rm -rf "$OUT"; mkdir -p "$OUT"
 ADDR=127.0.0.1:18192
-COMMON="--server-address $ADDR --message-size 1000 --messages-per-batch 250 --warmup-time 0.5s --no-progress"
+COMMON="--server-address $ADDR --message-size 1000 --messages-per-batch 250 --warmup-time 0.5s --no-progress ${BENCH_ARGS:-}"
+DATA=${DATA:-1GB}
 serve() {  # $1 side, $2 data dir, rest: extra args
   local side=$1 dir=$2; shift 2
   local path=src; [ "$side" = A ] && path=$BASE_SRC
@@ -24,8 +26,8 @@ for n in $(seq 1 "$REPEATS"); do
   for side in A B; do
     dir=.bench-tmp/ab-data-$side; rm -rf "$dir"
     serve $side $dir
-    .venv/bin/tidelog bench pp $COMMON --total-data 1GB --output $OUT/$side-pp-$n > $OUT/$side-pp-$n.txt 2>&1
-    .venv/bin/tidelog bench pc $COMMON --total-data 1GB --output $OUT/$side-pc-$n > $OUT/$side-pc-$n.txt 2>&1
+    .venv/bin/tidelog bench pp $COMMON --total-data $DATA --output $OUT/$side-pp-$n > $OUT/$side-pp-$n.txt 2>&1
+    .venv/bin/tidelog bench pc $COMMON --total-data $DATA --output $OUT/$side-pc-$n > $OUT/$side-pc-$n.txt 2>&1
     stop; rm -rf "$dir"
     serve $side $dir --fsync always
     .venv/bin/tidelog bench pp $COMMON --total-data 512MB --output $OUT/$side-pp-always-$n > $OUT/$side-pp-always-$n.txt 2>&1

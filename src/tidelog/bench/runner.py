@@ -8,8 +8,9 @@ Next with auto-commit, so the server assigns partitions and keeps each group's o
 consumer-only modes first fill the streams with the same workload (not measured). End-to-end
 actors each own a stream and send a batch, then poll it back.
 
-The measured connections speak ``params.protocol`` (0.9 by default, or 0.8); setup and the
-server statistics go through the 0.8 native client either way.
+Every connection speaks ``params.protocol`` (0.9 by default, or 0.8): the measured ones, and
+the native client's for setup and the server statistics, so a server of one generation only
+can be measured too.
 
 Actors are forked processes (``multiprocessing`` "fork" context); a barrier with the parent
 as one more party starts them together, and a shared array of per-actor message counts drives
@@ -270,7 +271,11 @@ async def _setup(params: BenchParams) -> Layout:
     from tidelog.client import IggyClient
 
     client = await IggyClient.connect(
-        params.server_address, username=params.username, password=params.password, reconnect_retries=0
+        params.server_address,
+        username=params.username,
+        password=params.password,
+        reconnect_retries=0,
+        protocol=params.protocol.value,
     )
     try:
         layout = Layout([], [])
@@ -300,7 +305,11 @@ async def _server_stats(params: BenchParams) -> dict[str, Any]:
     from tidelog.client import IggyClient
 
     client = await IggyClient.connect(
-        params.server_address, username=params.username, password=params.password, reconnect_retries=0
+        params.server_address,
+        username=params.username,
+        password=params.password,
+        reconnect_retries=0,
+        protocol=params.protocol.value,
     )
     try:
         return asdict(await client.get_stats())
