@@ -27,7 +27,6 @@ import argparse
 import os
 import shutil
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -39,11 +38,10 @@ from tidelog.storage.io import BufferedIO, DirectIO, FileIO
 from tidelog.storage.partition import Partition, PartitionConfig
 from tidelog.storage.segment import DIRECT_SUFFIXES
 from tidelog.storage.writer import Writer
-from tidelog.wire.batch import Batch, parse_send_batch
+from tidelog.wire.batch import INDEX_ENTRY, MESSAGE_HEADER, Batch, parse_send_batch
 
 MESSAGES_PER_BATCH = 250
 PAYLOAD_BYTES = 1000
-HEADER = struct.Struct("<Q16sQQQIIQ")
 MODES = ("buffered-sync", "buffered-writer", "direct-writer", "direct-sync")
 
 
@@ -51,8 +49,8 @@ def make_batches(n: int) -> list[Batch]:
     area, index = bytearray(), bytearray()
     for i in range(MESSAGES_PER_BATCH):
         payload = bytes([i % 251]) * PAYLOAD_BYTES
-        area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(payload), 0) + payload
-        index += struct.pack("<IIQ", 0, len(area), 0)
+        area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(payload), 0) + payload
+        index += INDEX_ENTRY.pack(0, len(area), 0)
     return [parse_send_batch(index, bytearray(area), MESSAGES_PER_BATCH) for _ in range(n)]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,17 +20,15 @@ from functools import partial
 import numpy as np
 
 from tidelog.wire import batch
-from tidelog.wire.batch import parse_send_batch, stamp, verify_stored
-
-_HEADER = struct.Struct("<Q16sQQQIIQ")
+from tidelog.wire.batch import INDEX_ENTRY, MESSAGE_HEADER, parse_send_batch, stamp, verify_stored
 
 
 def stored(payload_bytes: int, count: int) -> tuple[bytes, np.ndarray]:
     index, area = bytearray(), bytearray()
     body = bytes(payload_bytes)
     for _ in range(count):
-        area += _HEADER.pack(0, bytes(16), 0, 0, 0, 0, payload_bytes, 0) + body
-        index += struct.pack("<IIQ", 0, len(area), 0)
+        area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, payload_bytes, 0) + body
+        index += INDEX_ENTRY.pack(0, len(area), 0)
     b = parse_send_batch(bytes(index), area, count)
     stamp(b, 0, 1, os.urandom)
     return bytes(b.buf), b.ends.copy()

@@ -23,24 +23,35 @@ from typing import Protocol
 
 import xxhash
 
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
+from tidelog.wire.batch import CHECKSUMMED_FROM
 from tidelog.wire.codes import (
     MESSAGE_HEADER_SIZE,
     POLL_REPLY_HEADER_SIZE,
     U32_MAX,
     Command,
+    CompressionAlgorithm,
     Status,
 )
+from tidelog.wire.primitives import Consumer, ConsumerKind, Identifier, PollingKind
+from tidelog.wire.records import (
+    ClientInfo,
+    Identity,
+    PollHeader,
+    StreamInfo,
+    TopicDetails,
+    decode_list,
+    decode_poll_reply,
+    decode_record,
+)
 
-# Where the checksum stops covering (protocol 4.1: XXH3-64 over bytes 8..end).
-_CHECKSUMMED_FROM = 8
 _U32 = struct.Struct("<I")
 ROOT_USER, ROOT_PASSWORD = "iggy", "iggy"
 
 
 class Request(Protocol):
-    """Any typed request of ``tidelog.wire.commands``."""
+    """Any typed request of ``tidelog.wire.requests``."""
 
     @property
     def CODE(self) -> int: ...
@@ -76,7 +87,7 @@ class StoredMessage:
 
     @property
     def checksum_ok(self) -> bool:
-        return xxhash.xxh3_64_intdigest(self.raw[_CHECKSUMMED_FROM:]) == self.checksum
+        return xxhash.xxh3_64_intdigest(self.raw[CHECKSUMMED_FROM:]) == self.checksum
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -163,7 +174,7 @@ class WireClient:
         return self.read_reply()
 
     def call(self, req: Request) -> bytes:
-        """Send a typed request (a ``commands`` dataclass); raise WireError on failure."""
+        """Send a typed request (a ``tidelog.wire.requests`` dataclass); raise WireError on failure."""
         code = int(req.CODE)
         status, payload = self.request(code, req.encode())
         if status != Status.OK:
@@ -175,48 +186,46 @@ class WireClient:
 
     def login(self, username: str = ROOT_USER, password: str = ROOT_PASSWORD) -> int:
         payload = self.call(c.LoginUser(username, password))
-        return c.decode_record(c.Identity, payload).user_id
+        return decode_record(Identity, payload).user_id
 
     def create_stream(self, name: str) -> int:
-        return c.decode_record(c.StreamInfo, self.call(c.CreateStream(name))).id
+        return decode_record(StreamInfo, self.call(c.CreateStream(name))).id
 
-    def create_topic(self, stream: c.Identifier, name: str, partitions: int) -> int:
+    def create_topic(self, stream: Identifier, name: str, partitions: int) -> int:
         req = c.CreateTopic(
             stream_id=stream,
             partitions_count=partitions,
-            compression_algorithm=c.CompressionAlgorithm.NONE,
+            compression_algorithm=CompressionAlgorithm.NONE,
             message_expiry=0,
             max_topic_size=0,
             replication_factor=0,
             name=name,
         )
-        return c.decode_record(c.TopicDetails, self.call(req)).topic.id
+        return decode_record(TopicDetails, self.call(req)).topic.id
 
     def send_status(
-        self, stream: c.Identifier, topic: c.Identifier, partition: int, payloads: Sequence[bytes]
+        self, stream: Identifier, topic: Identifier, partition: int, payloads: Sequence[bytes]
     ) -> int:
         """SendMessages to one partition; return the reply status (0 = acknowledged)."""
         messages = [c.OutgoingMessage(payload=p) for p in payloads]
         body = c.encode_send_messages(stream, topic, c.Partitioning.partition_id(partition), messages)
         return self.request(Command.SEND_MESSAGES, body)[0]
 
-    def send(
-        self, stream: c.Identifier, topic: c.Identifier, partition: int, payloads: Sequence[bytes]
-    ) -> None:
+    def send(self, stream: Identifier, topic: Identifier, partition: int, payloads: Sequence[bytes]) -> None:
         status = self.send_status(stream, topic, partition, payloads)
         if status != Status.OK:
             raise WireError(Command.SEND_MESSAGES, status)
 
     def poll_raw(
-        self, stream: c.Identifier, topic: c.Identifier, partition: int, offset: int, count: int
+        self, stream: Identifier, topic: Identifier, partition: int, offset: int, count: int
     ) -> bytes:
         """The whole PollMessages reply payload (Offset strategy, consumer 1/0, no commit)."""
         req = c.PollMessages(
-            consumer=c.Consumer(c.ConsumerKind.CONSUMER, 0),
+            consumer=Consumer(ConsumerKind.CONSUMER, 0),
             stream_id=stream,
             topic_id=topic,
             partition_id=partition,
-            strategy_kind=c.PollingKind.OFFSET,
+            strategy_kind=PollingKind.OFFSET,
             strategy_value=offset,
             count=count,
             auto_commit=False,
@@ -224,12 +233,12 @@ class WireClient:
         return self.call(req)
 
     def poll(
-        self, stream: c.Identifier, topic: c.Identifier, partition: int, offset: int, count: int
-    ) -> tuple[c.PollHeader, list[StoredMessage]]:
+        self, stream: Identifier, topic: Identifier, partition: int, offset: int, count: int
+    ) -> tuple[PollHeader, list[StoredMessage]]:
         return split_poll_reply(self.poll_raw(stream, topic, partition, offset, count))
 
     def poll_all(
-        self, stream: c.Identifier, topic: c.Identifier, partition: int, batch_count: int = 1000
+        self, stream: Identifier, topic: Identifier, partition: int, batch_count: int = 1000
     ) -> list[StoredMessage]:
         out: list[StoredMessage] = []
         offset = 0
@@ -242,12 +251,12 @@ class WireClient:
 
     def client_count(self) -> int:
         """Connected clients as the server counts them (GetClients)."""
-        return len(c.decode_list(c.ClientInfo, self.call(c.GetClients())))
+        return len(decode_list(ClientInfo, self.call(c.GetClients())))
 
 
-def split_poll_reply(payload: bytes) -> tuple[c.PollHeader, list[StoredMessage]]:
+def split_poll_reply(payload: bytes) -> tuple[PollHeader, list[StoredMessage]]:
     """Decode a poll reply with the codec and keep each message's raw bytes alongside."""
-    header, polled = c.decode_poll_reply(payload)
+    header, polled = decode_poll_reply(payload)
     out: list[StoredMessage] = []
     pos = POLL_REPLY_HEADER_SIZE
     for m in polled:

@@ -3,7 +3,6 @@ other reads, byte for byte, with the same offsets, ids, timestamps and checksums
 
 from __future__ import annotations
 
-import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,9 +19,7 @@ from tidelog.client import (
     Partitioning,
     PollingStrategy,
 )
-
-# checksum, id lo, id hi, offset, timestamp, origin timestamp, headers length, payload length.
-_MESSAGE_HEADER = struct.Struct("<QQQQQQII8x")
+from tidelog.wire.batch import MESSAGE_HEADER
 
 
 async def sdk_client(server: ServerProcess) -> SdkClient:
@@ -97,7 +94,7 @@ async def test_crosscheck_given_sdk_sent_messages_when_tidelog_polls_should_see_
     pos = 0
     offsets = []
     while pos < len(raw):
-        checksum, _, _, offset, _, _, headers_length, payload_length = _MESSAGE_HEADER.unpack_from(raw, pos)
+        checksum, _, _, offset, _, _, headers_length, payload_length, _ = MESSAGE_HEADER.unpack_from(raw, pos)
         end = pos + 64 + payload_length + headers_length
         assert checksum == xxhash.xxh3_64_intdigest(raw[pos + 8 : end])
         offsets.append(offset)

@@ -13,42 +13,7 @@ import pytest
 import xxhash
 
 from tidelog.permissions import ROOT_PERMISSIONS, Permissions
-from tidelog.wire.codes import MESSAGE_HEADER_SIZE, U64_MAX, Command, IggyError, Status
-from tidelog.wire.commands import (
-    ClusterMetadata,
-    ClusterNode,
-    CompressionAlgorithm,
-    Consumer,
-    ConsumerKind,
-    CreateStream,
-    CreateTopic,
-    GetStream,
-    HeaderKind,
-    Identity,
-    LoginUser,
-    OutgoingMessage,
-    PartitionInfo,
-    Partitioning,
-    PartitioningKind,
-    Ping,
-    PollHeader,
-    PollingKind,
-    PollMessages,
-    SendMessagesHeader,
-    StoreConsumerOffset,
-    StreamDetails,
-    StreamInfo,
-    TopicDetails,
-    TopicInfo,
-    decode_permissions,
-    decode_poll_reply,
-    decode_record,
-    decode_request,
-    decode_user_headers,
-    encode_permissions,
-    encode_send_messages,
-    encode_user_headers,
-)
+from tidelog.wire.codes import MESSAGE_HEADER_SIZE, U64_MAX, Command, CompressionAlgorithm, IggyError, Status
 from tidelog.wire.framing import (
     FrameDecoder,
     encode_request,
@@ -56,6 +21,43 @@ from tidelog.wire.framing import (
     ok_header,
     parse_request_header,
 )
+from tidelog.wire.primitives import (
+    Consumer,
+    ConsumerKind,
+    HeaderKind,
+    PartitioningKind,
+    PollingKind,
+    decode_permissions,
+    encode_permissions,
+)
+from tidelog.wire.records import (
+    ClusterMetadata,
+    ClusterNode,
+    Identity,
+    PartitionInfo,
+    PollHeader,
+    StreamDetails,
+    StreamInfo,
+    TopicDetails,
+    TopicInfo,
+    decode_poll_reply,
+    decode_record,
+)
+from tidelog.wire.requests import (
+    CreateStream,
+    CreateTopic,
+    GetStream,
+    LoginUser,
+    OutgoingMessage,
+    Partitioning,
+    Ping,
+    PollMessages,
+    SendMessagesHeader,
+    StoreConsumerOffset,
+    decode_request,
+    encode_send_messages,
+)
+from tidelog.wire.user_headers import decode_user_headers, encode_user_headers
 
 T_STREAM_US = 1700000000000000
 T_TOPIC_US = 1700000000100000

@@ -22,17 +22,15 @@ from tests.conftest import ServerProcess
 from tests.wireclient import WireClient
 from tidelog.storage.recovery import QUARANTINE_DIR
 from tidelog.storage.segment import index_name, log_name
-from tidelog.wire import commands as c
-from tidelog.wire.batch import INDEX_DTYPE
+from tidelog.wire import requests as c
+from tidelog.wire.batch import CHECKSUMMED_FROM, INDEX_DTYPE, MESSAGE_HEADER, PAYLOAD_LENGTH_AT
 from tidelog.wire.codes import MESSAGE_HEADER_SIZE, POLL_REPLY_HEADER_SIZE, Command, Status
+from tidelog.wire.primitives import Consumer, ConsumerKind, PollingKind
 
 STREAM, TOPIC = "damaged", "events"
 SMALL_SEGMENTS = {"TIDELOG_SYSTEM_SEGMENT_SIZE_BYTES": "4096"}
 VERIFY_ON_OPEN = {**SMALL_SEGMENTS, "TIDELOG_SYSTEM_VERIFY_CHECKSUMS_ON_OPEN": "true"}
 BATCHES, PER_BATCH = 40, 4
-_HEADER = struct.Struct("<QQQQQQIIQ")
-PAYLOAD_LENGTH_AT = 52
-TIMESTAMP_AT = 32
 
 
 @dataclass(frozen=True)
@@ -73,22 +71,26 @@ def parse_reply(payload: bytes) -> list[Message]:
     pos, out = POLL_REPLY_HEADER_SIZE, []
     while pos < len(payload):
         assert len(payload) - pos >= MESSAGE_HEADER_SIZE, f"{len(payload) - pos} stray bytes at the end"
-        checksum, _, _, offset, timestamp, _, headers, length, reserved = _HEADER.unpack_from(payload, pos)
+        checksum, _, _, offset, timestamp, _, headers, length, reserved = MESSAGE_HEADER.unpack_from(
+            payload, pos
+        )
         end = pos + MESSAGE_HEADER_SIZE + headers + length
         assert end <= len(payload) and reserved == 0, f"garbage at reply byte {pos}"
         raw = payload[pos:end]
         body = raw[MESSAGE_HEADER_SIZE + headers :]
-        out.append(Message(offset, timestamp, body, xxhash.xxh3_64_intdigest(raw[8:]) == checksum))
+        out.append(
+            Message(offset, timestamp, body, xxhash.xxh3_64_intdigest(raw[CHECKSUMMED_FROM:]) == checksum)
+        )
         pos = end
     assert count == len(out), f"reply header says {count} messages, holds {len(out)}"
     return out
 
 
 def poll(
-    client: WireClient, seeded: Seeded, kind: c.PollingKind, value: int, count: int = 1000
+    client: WireClient, seeded: Seeded, kind: PollingKind, value: int, count: int = 1000
 ) -> tuple[int, list[Message]]:
     req = c.PollMessages(
-        consumer=c.Consumer(c.ConsumerKind.CONSUMER, 0),
+        consumer=Consumer(ConsumerKind.CONSUMER, 0),
         stream_id=seeded.stream_id,
         topic_id=seeded.topic_id,
         partition_id=0,
@@ -119,7 +121,7 @@ def seed(srv: ServerProcess) -> Seeded:
         partial = Seeded(stream_id, topic_id, payloads, [], Path(), [])
         timestamps: list[int] = []
         while len(timestamps) < len(payloads):
-            status, got = poll(client, partial, c.PollingKind.OFFSET, len(timestamps))
+            status, got = poll(client, partial, PollingKind.OFFSET, len(timestamps))
             assert status == Status.OK and got
             timestamps += [m.timestamp_us for m in got]
     assert srv.stop() == 0
@@ -148,7 +150,7 @@ def poll_everything(client: WireClient, seeded: Seeded) -> tuple[list[Message], 
     refused: list[int] = []
     offset = 0
     while offset < len(seeded.payloads):
-        status, got = poll(client, seeded, c.PollingKind.OFFSET, offset, 7)
+        status, got = poll(client, seeded, PollingKind.OFFSET, offset, 7)
         if status == Status.INVALID_MESSAGE_CHECKSUM:
             refused.append(offset)
             offset += 1
@@ -178,11 +180,11 @@ def test_poll_given_flipped_payload_byte_in_sealed_segment_when_polled_should_ne
     with WireClient(again.address) as client:
         client.login()
         # Over the damaged message: the valid prefix, never the message itself.
-        status, got = poll(client, seeded, c.PollingKind.OFFSET, bad - 2, 10)
+        status, got = poll(client, seeded, PollingKind.OFFSET, bad - 2, 10)
         assert status == Status.OK
         assert [m.offset for m in got] == [bad - 2, bad - 1]
         assert_intact(seeded, got)
-        status, got = poll(client, seeded, c.PollingKind.OFFSET, bad, 10)
+        status, got = poll(client, seeded, PollingKind.OFFSET, bad, 10)
         assert status == Status.INVALID_MESSAGE_CHECKSUM and got == []
         # Everything else is still served, intact.
         messages, refused = poll_everything(client, seeded)
@@ -213,7 +215,7 @@ def test_poll_given_damaged_index_position_when_polled_should_serve_the_right_by
     with WireClient(again.address) as client:
         client.login()
         for first in (start, start + entry - 1, start + entry, start + entry + 1):
-            status, got = poll(client, seeded, c.PollingKind.OFFSET, first, 3)
+            status, got = poll(client, seeded, PollingKind.OFFSET, first, 3)
             assert status in (Status.OK, Status.INVALID_MESSAGE_CHECKSUM)
             assert [m.offset for m in got] == list(range(first, first + len(got)))
             assert_intact(seeded, got)
@@ -248,11 +250,11 @@ def test_poll_given_damaged_index_timestamp_when_polled_by_timestamp_should_star
     with WireClient(again.address) as client:
         client.login()
         for target in (seeded.timestamps[first], seeded.timestamps[first - 1] + 1):
-            status, got = poll(client, seeded, c.PollingKind.TIMESTAMP, target, 5)
+            status, got = poll(client, seeded, PollingKind.TIMESTAMP, target, 5)
             assert status == Status.OK and got
             assert got[0].offset == first, f"timestamp {target}: started at {got[0].offset}, not {first}"
             assert_intact(seeded, got)
-        status, got = poll(client, seeded, c.PollingKind.TIMESTAMP, seeded.timestamps[start], 2)
+        status, got = poll(client, seeded, PollingKind.TIMESTAMP, seeded.timestamps[start], 2)
         assert status == Status.OK and got[0].offset == seeded.timestamps.index(seeded.timestamps[start])
 
 
@@ -270,11 +272,11 @@ def test_poll_given_damaged_payload_length_when_polled_should_never_return_garba
     with WireClient(again.address) as client:
         client.login()
         for first in (seeded.starts[1], bad - 1, bad):
-            status, got = poll(client, seeded, c.PollingKind.OFFSET, first, 10)  # parse_reply checks
+            status, got = poll(client, seeded, PollingKind.OFFSET, first, 10)  # parse_reply checks
             assert status in (Status.OK, Status.INVALID_MESSAGE_CHECKSUM)
             assert bad not in [m.offset for m in got]
             assert_intact(seeded, got)
-        assert poll(client, seeded, c.PollingKind.OFFSET, bad, 10)[0] == Status.INVALID_MESSAGE_CHECKSUM
+        assert poll(client, seeded, PollingKind.OFFSET, bad, 10)[0] == Status.INVALID_MESSAGE_CHECKSUM
         messages, refused = poll_everything(client, seeded)
         assert refused == [bad]
         assert_intact(seeded, messages)
@@ -301,7 +303,7 @@ def test_recovery_given_one_bad_message_mid_segment_when_verifying_on_open_shoul
         assert_intact(seeded, messages)
         # Appends continue after the last offset; nothing is re-minted.
         client.send(seeded.stream_id, seeded.topic_id, 0, [b"after"])
-        status, got = poll(client, seeded, c.PollingKind.OFFSET, len(seeded.payloads), 5)
+        status, got = poll(client, seeded, PollingKind.OFFSET, len(seeded.payloads), 5)
         assert status == Status.OK and [(m.offset, m.payload) for m in got] == [
             (len(seeded.payloads), b"after")
         ]

@@ -23,8 +23,9 @@ from tests.conftest import ServerProcess
 from tests.faults import FaultPlan
 from tests.wireclient import WireClient
 from tidelog.storage.metalog import HEADER_SIZE, LOG_NAME, encode_record
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, Status
+from tidelog.wire.records import StreamDetails, StreamInfo, decode_list, decode_record
 
 STREAM, TOPIC = "orders", "events"
 PAYLOADS = [b"event-%03d-" % i + b"x" * (i % 40) for i in range(30)]
@@ -73,7 +74,7 @@ def record_offsets(path: Path) -> list[int]:
 
 
 def stream_names(client: WireClient) -> list[str]:
-    return [s.name for s in c.decode_list(c.StreamInfo, client.call(c.GetStreams()))]
+    return [s.name for s in decode_list(StreamInfo, client.call(c.GetStreams()))]
 
 
 def stored_payloads(client: WireClient, seeded: Seeded, partition: int) -> list[bytes]:
@@ -192,7 +193,7 @@ def test_server_given_failing_metadata_fsync_should_refuse_changes_with_9101_and
         with WireClient(again.address) as client:
             client.login()
             assert stream_names(client) == [STREAM]  # exactly the acknowledged state
-            topics = c.decode_record(c.StreamDetails, client.call(c.GetStream(seeded.stream_id))).topics
+            topics = decode_record(StreamDetails, client.call(c.GetStream(seeded.stream_id))).topics
             assert [t.name for t in topics] == [TOPIC]
             assert stored_payloads(client, seeded, 0) == [*PAYLOADS, b"after-the-failure"]
             assert client.create_stream("m1") >= 0  # writable again after the restart

@@ -20,10 +20,16 @@ from tidelog.storage.partition import Partition, PartitionConfig, PollResult
 from tidelog.storage.recovery import QUARANTINE_DIR
 from tidelog.storage.segment import DIRECT_SUFFIXES, index_name, log_name
 from tidelog.storage.writer import Writer
-from tidelog.wire.batch import INDEX_DTYPE, Batch, parse_send_batch, scan_messages
+from tidelog.wire.batch import (
+    INDEX_DTYPE,
+    INDEX_ENTRY,
+    MESSAGE_HEADER,
+    Batch,
+    parse_send_batch,
+    scan_messages,
+)
 from tidelog.wire.codes import IggyError, Status
 
-HEADER = struct.Struct("<Q16sQQQIIQ")
 BIG = PartitionConfig(segment_size_bytes=1 << 20, flush_messages=1000)
 TINY = PartitionConfig(segment_size_bytes=700, flush_messages=1000)
 
@@ -32,8 +38,8 @@ def encode(payloads: list[bytes]) -> tuple[bytes, bytearray]:
     """Client-side SendMessages index table and messages area (protocol 3.9, 4.1)."""
     index, area = bytearray(), bytearray()
     for payload in payloads:
-        area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(payload), 0) + payload
-        index += struct.pack("<IIQ", 0, len(area), 0)
+        area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(payload), 0) + payload
+        index += INDEX_ENTRY.pack(0, len(area), 0)
     return bytes(index), area
 
 
@@ -60,7 +66,7 @@ def decode(result: PollResult) -> list[tuple[int, bytes]]:
     assert valid == len(data) and len(ends) == result.count
     out, start = [], 0
     for end in ends.tolist():
-        offset, pl = HEADER.unpack_from(data, start)[2], HEADER.unpack_from(data, start)[6]
+        _, _, _, offset, _, _, _, pl, _ = MESSAGE_HEADER.unpack_from(data, start)
         out.append((offset, data[start + 64 : start + 64 + pl]))
         start = end
     return out
@@ -348,12 +354,11 @@ def test_recovery_given_torn_write_in_memory_disk_when_reopened_should_keep_whol
 
 WRITER = textwrap.dedent(
     """
-    import os, struct, sys
+    import os, sys
     from pathlib import Path
     from tidelog.storage.partition import Partition, PartitionConfig
-    from tidelog.wire.batch import parse_send_batch
+    from tidelog.wire.batch import INDEX_ENTRY, MESSAGE_HEADER, parse_send_batch
 
-    HEADER = struct.Struct("<Q16sQQQIIQ")
     config = PartitionConfig(segment_size_bytes=4096, flush_messages=3, fsync_on_flush=True)
     part = Partition.open(Path(sys.argv[1]), 0, config)
     while True:
@@ -361,8 +366,8 @@ WRITER = textwrap.dedent(
         payloads = [b"payload-%d-" % (base + i) + b"q" * ((base + i) % 11) for i in range(3)]
         index, area = bytearray(), bytearray()
         for p in payloads:
-            area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(p), 0) + p
-            index += struct.pack("<IIQ", 0, len(area), 0)
+            area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(p), 0) + p
+            index += INDEX_ENTRY.pack(0, len(area), 0)
         part.append(parse_send_batch(index, area, 3), 1, os.urandom)
         assert part.unflushed_messages == 0
         print(part.next_offset, flush=True)  # acknowledged: flushed and synced
@@ -420,15 +425,14 @@ def test_recovery_given_direct_io_padding_left_by_a_crash_when_opened_should_cut
 
 DIRECT_WRITER = textwrap.dedent(
     """
-    import os, struct, sys
+    import os, sys
     from pathlib import Path
     from tidelog.storage.io import DirectIO
     from tidelog.storage.partition import Partition, PartitionConfig
     from tidelog.storage.segment import DIRECT_SUFFIXES
     from tidelog.storage.writer import Writer
-    from tidelog.wire.batch import parse_send_batch
+    from tidelog.wire.batch import INDEX_ENTRY, MESSAGE_HEADER, parse_send_batch
 
-    HEADER = struct.Struct("<Q16sQQQIIQ")
     config = PartitionConfig(segment_size_bytes=4096, flush_messages=1000)
     io = DirectIO(direct_suffixes=DIRECT_SUFFIXES)
     part = Partition.open(Path(sys.argv[1]), 0, config, io, writer=Writer())
@@ -437,8 +441,8 @@ DIRECT_WRITER = textwrap.dedent(
         payloads = [b"payload-%d-" % (base + i) + b"q" * ((base + i) % 11) for i in range(3)]
         index, area = bytearray(), bytearray()
         for p in payloads:
-            area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(p), 0) + p
-            index += struct.pack("<IIQ", 0, len(area), 0)
+            area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(p), 0) + p
+            index += INDEX_ENTRY.pack(0, len(area), 0)
         part.append(parse_send_batch(index, area, 3), 1, os.urandom)
         part.flush_async(True).result()
         print(part.next_offset, flush=True)  # acknowledged: written and synced

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from tests.conftest import ServerProcess
 from tests.wireclient import WireClient, verify_stored
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, Status
+from tidelog.wire.primitives import Consumer, ConsumerKind, PollingKind
 
 MIB = 1 << 20
 PARTITIONS = 4
@@ -115,11 +116,11 @@ def start_non_reader(address: str, stream_id: int, topic_id: int, partition: int
     client.login()
     sock = client.sock
     poll = c.PollMessages(
-        consumer=c.Consumer(c.ConsumerKind.CONSUMER, 0),
+        consumer=Consumer(ConsumerKind.CONSUMER, 0),
         stream_id=stream_id,
         topic_id=topic_id,
         partition_id=partition,
-        strategy_kind=c.PollingKind.OFFSET,
+        strategy_kind=PollingKind.OFFSET,
         strategy_value=0,
         count=1000,
         auto_commit=False,

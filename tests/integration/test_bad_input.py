@@ -21,16 +21,16 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.wireclient import WireClient, verify_stored, wait_until
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
+from tidelog.wire.batch import INDEX_ENTRY, RESERVED_AT
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, Command, Status
+from tidelog.wire.primitives import Consumer, PollingKind, encode_identifier
+from tidelog.wire.records import StreamDetails, StreamInfo, decode_list, decode_record
 
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
-INDEX_ENTRY = struct.Struct("<IIQ")
 SEED_PARTITIONS = 2
-# Offsets inside a stored/sent 64-byte message header (protocol 4.1).
-RESERVED_AT = 56
 
 
 @dataclass
@@ -109,7 +109,7 @@ def test_server_given_pipelined_good_and_bad_frames_when_sent_at_once_should_ans
         framing.encode_request(Command.PING, b""),
         framing.encode_request(4242, b"\x01\x02\x03"),
         framing.encode_request(Command.GET_STREAM, b"\x07\x04\x00\x00\x00\x00"),
-        framing.encode_request(Command.GET_STREAM, c.encode_identifier(world.stream_id)),
+        framing.encode_request(Command.GET_STREAM, encode_identifier(world.stream_id)),
         framing.encode_request(Command.PING, b""),
     ]
     with logged_in(world) as client:
@@ -163,7 +163,7 @@ def test_server_given_payload_over_the_limit_declared_when_header_sent_should_an
         (Command.CREATE_STREAM, b"\x0aabc", Status.INVALID_COMMAND),
         (Command.GET_STREAM, b"\x02\x32abc", Status.INVALID_COMMAND),
         (Command.GET_STREAM, b"\x01\x04\x00", Status.INVALID_COMMAND),
-        (Command.CREATE_TOPIC, c.encode_identifier(0) + b"\x01\x00", Status.INVALID_COMMAND),
+        (Command.CREATE_TOPIC, encode_identifier(0) + b"\x01\x00", Status.INVALID_COMMAND),
         (Command.GET_STREAM, b"", Status.INVALID_COMMAND),
         # Bad identifier kind.
         (Command.GET_STREAM, b"\x07\x04\x00\x00\x00\x00", Status.INVALID_COMMAND),
@@ -178,12 +178,12 @@ def test_server_given_payload_over_the_limit_declared_when_header_sent_should_an
         # Bad enum values: consumer kind, polling kind, compression.
         (
             Command.POLL_MESSAGES,
-            b"\x09" + c.encode_identifier(0) + c.encode_identifier(0) * 2 + bytes(19),
+            b"\x09" + encode_identifier(0) + encode_identifier(0) * 2 + bytes(19),
             Status.INVALID_COMMAND,
         ),
         (
             Command.POLL_MESSAGES,
-            b"\x01" + c.encode_identifier(0) * 3 + b"\x01\x00\x00\x00\x00\x09" + bytes(13),
+            b"\x01" + encode_identifier(0) * 3 + b"\x01\x00\x00\x00\x00\x09" + bytes(13),
             Status.INVALID_COMMAND,
         ),
     ],
@@ -226,7 +226,7 @@ def test_server_given_no_login_when_command_sent_should_answer_40(world: World, 
             [c.OutgoingMessage(b"should not be stored")],
         ),
         Command.POLL_MESSAGES: c.PollMessages(
-            c.Consumer(1, 0), world.stream_id, world.topic_id, 0, c.PollingKind.FIRST, 0, 10, True
+            Consumer(1, 0), world.stream_id, world.topic_id, 0, PollingKind.FIRST, 0, 10, True
         ).encode(),
     }
     with WireClient(world.srv.address) as client:
@@ -259,8 +259,8 @@ def layout(body: bytearray) -> tuple[int, int, int]:
 
 def bad_count_zero(world: World) -> bytes:
     metadata = (
-        c.encode_identifier(world.stream_id)
-        + c.encode_identifier(world.topic_id)
+        encode_identifier(world.stream_id)
+        + encode_identifier(world.topic_id)
         + c.Partitioning.partition_id(0).encode()
     )
     return U32.pack(len(metadata) + 4) + metadata + U32.pack(0)
@@ -445,7 +445,7 @@ def test_server_given_half_a_frame_when_client_disconnects_should_forget_it(worl
     leave(client, rude)
     wait_for_clients(world, 0)
     with logged_in(world) as check:
-        names = [s.name for s in c.decode_list(c.StreamInfo, check.call(c.GetStreams()))]
+        names = [s.name for s in decode_list(StreamInfo, check.call(c.GetStreams()))]
         assert not any(n.startswith("half-") for n in names)
     assert_healthy(world)
 
@@ -504,7 +504,7 @@ def test_server_given_client_not_reading_replies_when_pipelining_should_stay_bou
 ) -> None:
     """A client that pipelines polls without reading must not stall or break anyone else."""
     poll = c.PollMessages(
-        c.Consumer(1, 0), world.stream_id, world.topic_id, 0, c.PollingKind.FIRST, 0, 1000, False
+        Consumer(1, 0), world.stream_id, world.topic_id, 0, PollingKind.FIRST, 0, 1000, False
     )
     frame = framing.encode_request(Command.POLL_MESSAGES, poll.encode())
     hog = logged_in(world)
@@ -634,12 +634,12 @@ def test_server_given_frames_around_the_read_buffer_size_when_pipelined_should_a
 def test_server_given_a_frame_arriving_byte_by_byte_should_assemble_and_answer_it(world: World) -> None:
     with WireClient(world.srv.address) as client:
         frame = framing.encode_request(Command.LOGIN_USER, c.LoginUser("iggy", "iggy").encode())
-        frame += framing.encode_request(Command.GET_STREAM, c.encode_identifier(world.stream_id))
+        frame += framing.encode_request(Command.GET_STREAM, encode_identifier(world.stream_id))
         for i in range(len(frame)):
             client.send_raw(frame[i : i + 1])
             time.sleep(0.001)
         assert client.read_reply() == (Status.OK, U32.pack(0))
         status, payload = client.read_reply()
         assert status == Status.OK
-        assert c.decode_record(c.StreamDetails, payload).stream.id == world.stream_id
+        assert decode_record(StreamDetails, payload).stream.id == world.stream_id
     assert_healthy(world)

@@ -36,7 +36,8 @@ from tidelog.bench.runner import (
 )
 from tidelog.client import IggyClient
 from tidelog.wire.codes import Status
-from tidelog.wire.commands import Consumer, ConsumerKind, Partitioning
+from tidelog.wire.primitives import Consumer, ConsumerKind
+from tidelog.wire.requests import Partitioning
 from tidelog.wire.v09.batch import parse_batch
 from tidelog.wire.v09.bodies import SendMessages09Header
 from tidelog.wire.v09.codes import Operation

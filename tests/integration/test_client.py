@@ -43,7 +43,8 @@ from tidelog.client import (
     parse_connection_string,
     parse_duration_s,
 )
-from tidelog.wire.commands import HeaderKind, encode_user_headers
+from tidelog.wire.primitives import HeaderKind
+from tidelog.wire.user_headers import encode_user_headers
 from tidelog.wire.v09.batch import parse_records
 from tidelog.wire.v09.codes import CommandCode, EvictionReason, Operation
 from tidelog.wire.v09.frames import LoginReply, encode_login_reply

@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.wireclient import ServerClosed, WireClient, wait_until
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, Status
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")

@@ -30,9 +30,12 @@ from hypothesis import strategies as st
 from tests.conftest import ServerProcess
 from tests.wireclient import Request, ServerClosed, StoredMessage, WireClient, verify_stored
 from tidelog.permissions import GlobalPermissions, Permissions, StreamPermissions
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
 from tidelog.wire.codes import KNOWN_COMMANDS, MAX_CONTROL_PAYLOAD_BYTES, Command, IggyError, Status
+from tidelog.wire.primitives import Consumer, ConsumerKind, HeaderKind, PollingKind, encode_identifier
+from tidelog.wire.records import ClientDetails, decode_record
+from tidelog.wire.user_headers import encode_user_headers
 
 # Stream ids are assigned 0, 1, ... in creation order on a fresh server (reference 4.6).
 FUZZ_STREAM, SEED_STREAM = 0, 1
@@ -218,7 +221,7 @@ def run_plan(target: Target, p: Plan) -> None:
     client.send_raw(framing.encode_request(Command.PING, b"") + framing.encode_request(Command.GET_ME, b""))
     assert client.read_reply()[0] == Status.OK
     status, payload = client.read_reply()
-    if status != Status.OK or c.decode_record(c.ClientDetails, payload).client.user_id != 0:
+    if status != Status.OK or decode_record(ClientDetails, payload).client.user_id != 0:
         target.drop()  # logged out (or in as someone else) by the example: start afresh
 
 
@@ -234,11 +237,9 @@ def _msgs(*payloads: bytes, headers: bytes = b"") -> list[c.OutgoingMessage]:
 def valid_frames() -> list[bytes]:
     """Well-formed requests touching every command family, mostly aimed at the fuzz stream."""
     s, t = FUZZ_STREAM, FUZZ_TOPIC
-    headers = c.encode_user_headers(
-        {"k": (c.HeaderKind.STRING, b"v"), "n": (c.HeaderKind.UINT32, b"\x01\0\0\0")}
-    )
-    consumer = c.Consumer(c.ConsumerKind.CONSUMER, 1)
-    group = c.Consumer(c.ConsumerKind.CONSUMER_GROUP, "g")
+    headers = encode_user_headers({"k": (HeaderKind.STRING, b"v"), "n": (HeaderKind.UINT32, b"\x01\0\0\0")})
+    consumer = Consumer(ConsumerKind.CONSUMER, 1)
+    group = Consumer(ConsumerKind.CONSUMER_GROUP, "g")
     perms = Permissions(GlobalPermissions(read_streams=True), {s: StreamPermissions(send_messages=True)})
     requests: list[Request] = [
         c.Ping(),
@@ -271,12 +272,12 @@ def valid_frames() -> list[bytes]:
         c.CreatePersonalAccessToken("fuzz-token", 0),
         c.DeletePersonalAccessToken("fuzz-token"),
         c.LoginWithPersonalAccessToken("A" * 68),
-        c.PollMessages(consumer, s, t, 0, c.PollingKind.NEXT, 0, 10, True),
-        c.PollMessages(consumer, s, t, 0, c.PollingKind.OFFSET, 3, 5, False),
-        c.PollMessages(consumer, s, t, 0, c.PollingKind.LAST, 0, 4, False),
-        c.PollMessages(consumer, s, t, 0, c.PollingKind.TIMESTAMP, 1, 4, False),
-        c.PollMessages(consumer, SEED_STREAM, SEED_TOPIC, 1, c.PollingKind.FIRST, 0, 100, False),
-        c.PollMessages(group, s, t, None, c.PollingKind.NEXT, 0, 10, True),
+        c.PollMessages(consumer, s, t, 0, PollingKind.NEXT, 0, 10, True),
+        c.PollMessages(consumer, s, t, 0, PollingKind.OFFSET, 3, 5, False),
+        c.PollMessages(consumer, s, t, 0, PollingKind.LAST, 0, 4, False),
+        c.PollMessages(consumer, s, t, 0, PollingKind.TIMESTAMP, 1, 4, False),
+        c.PollMessages(consumer, SEED_STREAM, SEED_TOPIC, 1, PollingKind.FIRST, 0, 100, False),
+        c.PollMessages(group, s, t, None, PollingKind.NEXT, 0, 10, True),
         c.FlushUnsavedBuffer(s, t, 0, True),
         c.GetConsumerOffset(consumer, s, t, 0),
         c.StoreConsumerOffset(consumer, s, t, 0, 0),
@@ -401,7 +402,7 @@ def test_fuzz_plan_given_known_byte_strings_should_predict_frames_padding_and_cl
     padded = plan(U32.pack(10) + U32.pack(Command.PING) + b"ab")
     assert padded.data == U32.pack(10) + U32.pack(Command.PING) + b"ab\0\0\0\0" and padded.codes == [1]
     assert plan(U32.pack(4 + (2 << 20)) + U32.pack(Command.CREATE_STREAM)).abandon
-    delete = framing.encode_request(Command.DELETE_STREAM, c.encode_identifier(SEED_STREAM))
+    delete = framing.encode_request(Command.DELETE_STREAM, encode_identifier(SEED_STREAM))
     assert plan(delete).codes == [UNKNOWN_CODE]
     many = framing.encode_request(Command.CREATE_PARTITIONS, c.CreatePartitions(0, 0, 500).encode())
     assert plan(many).codes == [UNKNOWN_CODE]

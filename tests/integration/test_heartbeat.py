@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tests.conftest import ServerProcess
 from tests.wireclient import WireClient, wait_until
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
+from tidelog.wire.records import ConsumerGroupDetails, decode_record
 
 CONFIG = """
 [heartbeat]
@@ -19,7 +20,7 @@ interval_ms = 500
 
 def _members(client: WireClient, stream: int, topic: int) -> int:
     payload = client.call(c.GetConsumerGroup(stream, topic, "g"))
-    return c.decode_record(c.ConsumerGroupDetails, payload).group.members_count
+    return decode_record(ConsumerGroupDetails, payload).group.members_count
 
 
 def test_heartbeat_given_silent_client_when_interval_passes_should_evict_it_and_its_membership(

@@ -3,7 +3,6 @@ shim, tests/faults.py) and a damaged slot file found at start-up."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import xxhash
@@ -11,11 +10,13 @@ import xxhash
 from tests.conftest import ServerProcess
 from tests.faults import FaultPlan
 from tests.wireclient import WireClient
-from tidelog.wire import commands as c
+from tidelog.storage.offsets import SLOT
+from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, Status
+from tidelog.wire.primitives import Consumer, Identifier
+from tidelog.wire.records import ConsumerOffsetInfo, decode_record
 
-CONSUMER = c.Consumer(1, 7)
-SLOT = struct.Struct("<4sIQQQ")
+CONSUMER = Consumer(1, 7)
 
 
 def _setup(client: WireClient) -> tuple[int, int]:
@@ -31,9 +32,9 @@ def _store(client: WireClient, stream: int, topic: int, offset: int) -> int:
     return client.request(Command.STORE_CONSUMER_OFFSET, req.encode())[0]
 
 
-def _stored(client: WireClient, stream: c.Identifier, topic: c.Identifier) -> int | None:
+def _stored(client: WireClient, stream: Identifier, topic: Identifier) -> int | None:
     payload = client.call(c.GetConsumerOffset(CONSUMER, stream, topic, 0))
-    return c.decode_record(c.ConsumerOffsetInfo, payload).stored_offset if payload else None
+    return decode_record(ConsumerOffsetInfo, payload).stored_offset if payload else None
 
 
 def test_server_given_fsync_always_and_failing_offset_fdatasync_when_stored_should_answer_9102_and_keep_value(

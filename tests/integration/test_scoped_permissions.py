@@ -8,7 +8,7 @@ from tests.conftest import ServerProcess
 from tidelog.client import IggyClient, IggyServerError, PollingStrategy
 from tidelog.permissions import Permissions, StreamPermissions, TopicPermissions
 from tidelog.wire.codes import Status
-from tidelog.wire.commands import Partitioning
+from tidelog.wire.requests import Partitioning
 
 
 async def denied(awaitable: object) -> None:

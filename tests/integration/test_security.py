@@ -14,8 +14,10 @@ from tidelog.config import load_config
 from tidelog.metadata import CreatePersonalAccessToken as CreatePatOp
 from tidelog.permissions import GlobalPermissions, Permissions
 from tidelog.server.shard import Shard
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.codes import U64_MAX, Status
+from tidelog.wire.primitives import SnapshotCompression, SnapshotType
+from tidelog.wire.records import PersonalAccessTokenInfo, RawPersonalAccessToken, decode_list, decode_record
 
 ROOT_NAME = "chief"
 # Distinctive, so that finding it anywhere in a snapshot cannot be a coincidence.
@@ -23,21 +25,21 @@ ROOT_SECRET = "Zq7-root-secret-4f1c9e"
 OPS_SECRET = "ops-secret-77aa31"
 NOBODY_SECRET = "nobody-secret-19bd02"
 ROOT_ENV = {"IGGY_ROOT_USERNAME": ROOT_NAME, "IGGY_ROOT_PASSWORD": ROOT_SECRET}
-ALL_TYPES = (c.SnapshotType.ALL,)
+ALL_TYPES = (SnapshotType.ALL,)
 HOUR_US = 3600 * 1_000_000
 
 
-def snapshot_request(compression: int = c.SnapshotCompression.STORED) -> c.GetSnapshot:
+def snapshot_request(compression: int = SnapshotCompression.STORED) -> c.GetSnapshot:
     return c.GetSnapshot(compression, ALL_TYPES)
 
 
 def create_pat(client: WireClient, name: str, expiry: int) -> str:
     reply = client.call(c.CreatePersonalAccessToken(name, expiry))
-    return c.decode_record(c.RawPersonalAccessToken, reply).token
+    return decode_record(RawPersonalAccessToken, reply).token
 
 
-def list_pats(client: WireClient) -> list[c.PersonalAccessTokenInfo]:
-    return c.decode_list(c.PersonalAccessTokenInfo, client.call(c.GetPersonalAccessTokens()))
+def list_pats(client: WireClient) -> list[PersonalAccessTokenInfo]:
+    return decode_list(PersonalAccessTokenInfo, client.call(c.GetPersonalAccessTokens()))
 
 
 # ---- defect 1: snapshots ----------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def test_get_snapshot_given_servers_read_user_when_requested_should_contain_no_s
     with WireClient(srv.address) as ops:
         ops.login("ops", OPS_SECRET)
         ops_token = create_pat(ops, "ops-token", HOUR_US)
-        for compression in (c.SnapshotCompression.STORED, c.SnapshotCompression.DEFLATED):
+        for compression in (SnapshotCompression.STORED, SnapshotCompression.DEFLATED):
             archive = ops.call(snapshot_request(compression))
             with zipfile.ZipFile(io.BytesIO(archive)) as zf:
                 names = zf.namelist()

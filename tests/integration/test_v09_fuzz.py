@@ -46,8 +46,10 @@ from hypothesis import strategies as st
 from tests.conftest import ServerProcess
 from tests.wireclient import wait_until
 from tests.wireclient09 import SDK_VERSION, Answer, Client09, Closed
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, Status
+from tidelog.wire.primitives import Consumer, ConsumerKind, Identifier, PollingKind
+from tidelog.wire.records import ClientInfo, decode_list
 from tidelog.wire.v09 import bodies as b
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.batch import build_batch, parse_records
@@ -223,14 +225,14 @@ def make_batch(payloads: list[bytes], headers: list[bytes] | None = None, first_
     return bytes(build_batch(ids, payloads, headers or [b""] * n, [now_us + i for i in range(n)]))
 
 
-def send_body(stream: c.Identifier, topic: c.Identifier, partition: int, batch: bytes) -> bytes:
+def send_body(stream: Identifier, topic: Identifier, partition: int, batch: bytes) -> bytes:
     return b.encode_send_messages09(stream, topic, c.Partitioning.partition_id(partition), batch)
 
 
-def poll_body(stream: c.Identifier, topic: c.Identifier, partition: int, offset: int, count: int) -> bytes:
-    consumer = c.Consumer(c.ConsumerKind.CONSUMER, 1)
+def poll_body(stream: Identifier, topic: Identifier, partition: int, offset: int, count: int) -> bytes:
+    consumer = Consumer(ConsumerKind.CONSUMER, 1)
     return c.PollMessages(
-        consumer, stream, topic, partition, c.PollingKind.OFFSET, offset, count, False
+        consumer, stream, topic, partition, PollingKind.OFFSET, offset, count, False
     ).encode()
 
 
@@ -258,7 +260,7 @@ def poll_all(client: Client09, key: PartitionKey) -> list[Stored]:
 
 
 def client_count(client: Client09) -> int:
-    return len(c.decode_list(c.ClientInfo, client.read(CommandCode.GET_CLIENTS)))
+    return len(decode_list(ClientInfo, client.read(CommandCode.GET_CLIENTS)))
 
 
 def seed(client: Client09, stream_name: str, batches: int) -> None:
@@ -627,16 +629,14 @@ def valid_frame(kind: Kind, variant: int, link: Link, token: str) -> bytes:
             Operation.SEND_MESSAGES, send_body(FUZZ_STREAM, FUZZ_TOPIC, variant % PARTITIONS, batch)
         )
     if kind is Kind.POLL:
-        consumer = c.Consumer(c.ConsumerKind.CONSUMER, 1 + variant % 2)
-        strategy = [c.PollingKind.OFFSET, c.PollingKind.NEXT, c.PollingKind.LAST, c.PollingKind.FIRST][
-            variant % 4
-        ]
+        consumer = Consumer(ConsumerKind.CONSUMER, 1 + variant % 2)
+        strategy = [PollingKind.OFFSET, PollingKind.NEXT, PollingKind.LAST, PollingKind.FIRST][variant % 4]
         poll = c.PollMessages(
             consumer, FUZZ_STREAM, FUZZ_TOPIC, variant % PARTITIONS, strategy, 0, 10, variant % 3 == 0
         )
         return client.frame(nr, poll.encode(), CommandCode.POLL_MESSAGES)
     if kind is Kind.STORE_OFFSET:
-        consumer = c.Consumer(c.ConsumerKind.CONSUMER, 1 + variant % 2)
+        consumer = Consumer(ConsumerKind.CONSUMER, 1 + variant % 2)
         store = b.StoreConsumerOffset09(consumer, FUZZ_STREAM, FUZZ_TOPIC, variant % PARTITIONS, 0)
         return client.frame(Operation.STORE_CONSUMER_OFFSET, store.encode())
     return client.frame(Operation.REGISTER, f.encode_token_login(SDK_VERSION, f.TokenLogin(token)))
@@ -678,7 +678,7 @@ CODES_TO_TRY = [
     45, 100, 101, 121, 201, 202, 203, 606, 4242, 0xFFFF_FFFF,
 ]
 # fmt: on
-TARGETS_TO_TRY: list[tuple[c.Identifier, c.Identifier, c.Partitioning]] = [
+TARGETS_TO_TRY: list[tuple[Identifier, Identifier, c.Partitioning]] = [
     (FUZZ_STREAM, FUZZ_TOPIC, c.Partitioning.partition_id(1)),
     ("fuzz", "t", c.Partitioning.balanced()),
     (FUZZ_STREAM, FUZZ_TOPIC, c.Partitioning.messages_key(b"key")),

@@ -11,8 +11,11 @@ import pytest
 from tests.conftest import ServerProcess
 from tests.wireclient import WireClient
 from tests.wireclient09 import SDK_VERSION, Client09, Closed
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.codes import Command
+from tidelog.wire.primitives import Consumer, ConsumerKind, HeaderKind
+from tidelog.wire.records import ClusterMetadata, PolledMessage, decode_poll_reply, decode_record
+from tidelog.wire.user_headers import encode_user_headers
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.batch import build_batch, parse_records
 from tidelog.wire.v09.codes import CommandCode, EvictionReason, Operation
@@ -92,7 +95,7 @@ def test_v09_given_fresh_server_when_ping_then_login_should_bind_a_session(serve
         assert reply.server_protocol_version == SDK_VERSION.protocol_version
         # Cluster metadata: one node, the real TCP listener (section 0 item 9).
         body = client.read(CommandCode.GET_CLUSTER_METADATA)
-        meta = c.decode_record(c.ClusterMetadata, body)
+        meta = decode_record(ClusterMetadata, body)
         assert len(meta.nodes) == 1 and meta.nodes[0].tcp_port == server.port
 
 
@@ -292,12 +295,12 @@ def test_v09_given_garbage_first_bytes_when_connecting_should_log_and_close(serv
 # ---- across generations -------------------------------------------------------------------
 
 
-def poll08(old: WireClient, stream: str, topic: str) -> list[c.PolledMessage]:
-    return c.decode_poll_reply(old.poll_raw(stream, topic, 0, 0, 100))[1]
+def poll08(old: WireClient, stream: str, topic: str) -> list[PolledMessage]:
+    return decode_poll_reply(old.poll_raw(stream, topic, 0, 0, 100))[1]
 
 
 def test_cross_given_08_send_when_polled_by_09_should_see_same_messages(server: ServerProcess) -> None:
-    headers = c.encode_user_headers({"k": (c.HeaderKind.STRING, b"v")})
+    headers = encode_user_headers({"k": (HeaderKind.STRING, b"v")})
     with WireClient(server.address) as old:
         old.login()
         old.create_stream("x")
@@ -336,7 +339,7 @@ def test_cross_given_09_send_when_polled_by_08_should_see_same_messages(server: 
         assert [m.origin_timestamp_us for m in got] == [int(t) for t in record.origin_timestamps()]
         # Offsets are shared: what 0.8 commits, 0.9's "next" continues from.
         store = c.StoreConsumerOffset(
-            consumer=c.Consumer(c.ConsumerKind.CONSUMER, 1),
+            consumer=Consumer(ConsumerKind.CONSUMER, 1),
             stream_id="x",
             topic_id="y",
             partition_id=0,

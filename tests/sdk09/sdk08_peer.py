@@ -118,14 +118,15 @@ async def op_raw_send(client: IggyClient, cmd: Json) -> None:
     del client  # the SDK has no way to say this
     sys.path.insert(0, str(REPO_ROOT))
     from tests.wireclient import WireClient
-    from tidelog.wire import commands as c
+    from tidelog.wire import requests as c
     from tidelog.wire.codes import Command, Status
+    from tidelog.wire.user_headers import encode_user_headers
 
     outgoing = [
         c.OutgoingMessage(
             payload=bytes.fromhex(m["payload"]),
             id=m.get("id", 0),
-            user_headers=c.encode_user_headers(
+            user_headers=encode_user_headers(
                 {k: (kind, bytes.fromhex(v)) for k, (kind, v) in m.get("headers", {}).items()}
             ),
         )

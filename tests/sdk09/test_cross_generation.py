@@ -35,7 +35,7 @@ from apache_iggy import (
 
 from tests.conftest import ServerProcess
 from tests.sdk09.sdkkit import FAST_HEARTBEAT, StoredOffset, connect, get_offset, poll, store_offset
-from tidelog.wire.commands import HeaderKind
+from tidelog.wire.primitives import HeaderKind
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = Path(__file__).with_name("sdk08_peer.py")

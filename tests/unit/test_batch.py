@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from tidelog.wire import batch as batch_module
 from tidelog.wire.batch import (
     INDEX_DTYPE,
+    INDEX_ENTRY,
+    MESSAGE_HEADER,
     MESSAGE_HEADER_DTYPE,
     TIMESTAMP_AT,
     Batch,
@@ -28,6 +30,7 @@ from tidelog.wire.batch import (
 )
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, IggyError, Status
 
+# Section 4.1 written out independently of batch.py (the id as raw bytes), to check it against.
 HEADER = struct.Struct("<Q16sQQQIIQ")
 
 
@@ -79,6 +82,9 @@ def test_dtypes_given_wire_layout_when_checked_should_match_section_4_1() -> Non
     assert MESSAGE_HEADER_DTYPE.fields is not None
     assert MESSAGE_HEADER_DTYPE.fields["payload_length"][1] == 52
     assert MESSAGE_HEADER_DTYPE.fields["reserved"][1] == 56
+    # The structs come from the same field tables as the dtypes.
+    assert MESSAGE_HEADER.format == "<QQQQQQIIQ" and INDEX_ENTRY.format == "<IIQ"
+    assert MESSAGE_HEADER.size == HEADER.size
 
 
 def test_parse_given_valid_batch_when_parsed_should_expose_ends_and_size() -> None:

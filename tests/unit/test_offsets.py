@@ -23,9 +23,10 @@ from tidelog.storage.io import BufferedIO, File, FileIO, MemIO
 from tidelog.storage.partition import CONSUMER_KIND, GROUP_KIND, Partition, PartitionConfig
 from tidelog.storage.recovery import RecoveryReport
 from tidelog.storage.writer import Writer
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.batch import Batch, parse_send_batch
 from tidelog.wire.codes import IggyError, Status
+from tidelog.wire.primitives import Consumer
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -545,18 +546,18 @@ class Server:
         return await reply if isinstance(reply, Awaitable) else reply
 
     async def store(self, offset: int) -> None:
-        req = c.StoreConsumerOffset(c.Consumer(1, 7), self.stream_id, self.topic_id, self.pid, offset)
+        req = c.StoreConsumerOffset(Consumer(1, 7), self.stream_id, self.topic_id, self.pid, offset)
         await self.call(self.dispatcher.store_consumer_offset(self.session, req))
 
     def stored(self) -> int | None:
-        req = c.GetConsumerOffset(c.Consumer(1, 7), self.stream_id, self.topic_id, self.pid)
+        req = c.GetConsumerOffset(Consumer(1, 7), self.stream_id, self.topic_id, self.pid)
         raw = self.dispatcher.get_consumer_offset(self.session, req)
         return None if raw is None else int.from_bytes(bytes(raw)[-8:], "little")
 
     async def poll_next(self, count: int, auto_commit: bool) -> object:
         next_strategy = 5
         req = c.PollMessages(
-            c.Consumer(1, 7), self.stream_id, self.topic_id, self.pid, next_strategy, 0, count, auto_commit
+            Consumer(1, 7), self.stream_id, self.topic_id, self.pid, next_strategy, 0, count, auto_commit
         )
         return await self.call(self.dispatcher.poll_messages(self.session, req))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,12 +17,11 @@ from tidelog.storage.io import BufferedIO, DirectIO, File, FileIO, MemIO
 from tidelog.storage.partition import CONSUMER_KIND, GROUP_KIND, Partition, PartitionConfig, PollResult
 from tidelog.storage.segment import log_name
 from tidelog.storage.writer import Writer
-from tidelog.wire.batch import Batch, parse_send_batch, scan_messages
+from tidelog.wire.batch import INDEX_ENTRY, MESSAGE_HEADER, Batch, parse_send_batch, scan_messages
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
-HEADER = struct.Struct("<Q16sQQQIIQ")
 TINY = PartitionConfig(segment_size_bytes=1000, flush_messages=8, flush_bytes=1 << 20)
 # Batches of 3 such messages take 225..249 bytes: 3 batches fill a segment, 2 do not, so after
 # a flush the next batch stays in the journal.
@@ -36,8 +34,8 @@ def encode(payloads: list[bytes]) -> tuple[bytes, bytearray]:
     """Client-side SendMessages index table and messages area (protocol 3.9, 4.1)."""
     index, area = bytearray(), bytearray()
     for payload in payloads:
-        area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(payload), 0) + payload
-        index += struct.pack("<IIQ", 0, len(area), 0)
+        area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(payload), 0) + payload
+        index += INDEX_ENTRY.pack(0, len(area), 0)
     return bytes(index), area
 
 
@@ -66,7 +64,7 @@ def decode(result: PollResult) -> list[tuple[int, bytes]]:
     out = []
     start = 0
     for end in ends.tolist():
-        _, _, offset, _, _, _, pl, _ = HEADER.unpack_from(data, start)
+        _, _, _, offset, _, _, _, pl, _ = MESSAGE_HEADER.unpack_from(data, start)
         out.append((offset, data[start + 64 : start + 64 + pl]))
         start = end
     return out
@@ -217,8 +215,8 @@ def test_partition_given_clock_going_back_when_appending_should_never_lower_time
     part.append(batch_of([b"a"]), 5_000, os.urandom)
     part.append(batch_of([b"b"]), 4_000, os.urandom)
     data = b"".join(bytes(c) for c in part.poll(0, 2).chunks)
-    assert HEADER.unpack_from(data, 0)[3] == 5_000
-    assert HEADER.unpack_from(data, 65)[3] == 5_000
+    assert MESSAGE_HEADER.unpack_from(data, 0)[4] == 5_000  # timestamp
+    assert MESSAGE_HEADER.unpack_from(data, 65)[4] == 5_000
 
 
 def test_partition_given_timestamps_when_searched_should_find_first_at_or_after(

@@ -11,9 +11,9 @@ import pytest
 
 from tidelog.auth import MAX_PAT_EXPIRY_AT_US, pat_expiry_at_us
 from tidelog.config import REDACTED, SECRET, Config, load_config, render_config
-from tidelog.wire import commands as c
 from tidelog.wire.codes import U64_MAX, IggyError, Status
-from tidelog.wire.commands import Reader
+from tidelog.wire.primitives import Reader
+from tidelog.wire.records import PersonalAccessTokenInfo
 
 SECRET_WORDS = {"password", "secret", "token", "key", "passphrase", "credentials"}
 NOW_US = 1_700_000_000_000_000
@@ -91,5 +91,5 @@ def test_pat_expiry_given_instant_at_the_limit_when_resolved_should_accept_it() 
     [(0, 0), (NOW_US, NOW_US), (U64_MAX, U64_MAX), (U64_MAX + 1, 0), (1 << 70, 0), (-5, 1)],
 )
 def test_pat_info_encode_given_any_stored_expiry_should_encode_a_u64(stored: int, listed: int) -> None:
-    encoded = c.PersonalAccessTokenInfo("tok", stored).encode()
-    assert c.PersonalAccessTokenInfo.decode(Reader(encoded)) == c.PersonalAccessTokenInfo("tok", listed)
+    encoded = PersonalAccessTokenInfo("tok", stored).encode()
+    assert PersonalAccessTokenInfo.decode(Reader(encoded)) == PersonalAccessTokenInfo("tok", listed)

@@ -13,18 +13,25 @@ from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.integrity import QUARANTINE_DIR
 from tidelog.storage.io import BufferedIO, DirectIO, FileIO, FileRange, MemIO
 from tidelog.storage.segment import Segment, index_name, log_name, parse_segment_name
-from tidelog.wire.batch import INDEX_DTYPE, Batch, parse_send_batch, scan_messages, stamp, storage_index
+from tidelog.wire.batch import (
+    INDEX_DTYPE,
+    INDEX_ENTRY,
+    MESSAGE_HEADER,
+    Batch,
+    parse_send_batch,
+    scan_messages,
+    stamp,
+    storage_index,
+)
 from tidelog.wire.codes import IggyError, Status
-
-HEADER = struct.Struct("<Q16sQQQIIQ")
 
 
 def encode(payloads: list[bytes]) -> tuple[bytes, bytearray]:
     """Client-side SendMessages index table and messages area (protocol 3.9, 4.1)."""
     index, area = bytearray(), bytearray()
     for payload in payloads:
-        area += HEADER.pack(0, bytes(16), 0, 0, 0, 0, len(payload), 0) + payload
-        index += struct.pack("<IIQ", 0, len(area), 0)
+        area += MESSAGE_HEADER.pack(0, 0, 0, 0, 0, 0, 0, len(payload), 0) + payload
+        index += INDEX_ENTRY.pack(0, len(area), 0)
     return bytes(index), area
 
 
@@ -217,7 +224,7 @@ def payloads_of(data: bytes | FileRange | None, first_offset: int) -> list[bytes
     assert valid == len(raw)
     out, start = [], 0
     for end in ends.tolist():
-        length = HEADER.unpack_from(raw, start)[6]
+        *_, length, _ = MESSAGE_HEADER.unpack_from(raw, start)
         out.append(raw[start + 64 : start + 64 + length])
         start = end
     return out

@@ -19,9 +19,10 @@ from tidelog import metadata as md
 from tidelog.config import Config
 from tidelog.server.dispatch import Dispatcher
 from tidelog.server.shard import DELETED_DIR, ORPHANS_DIR, Session, Shard, StartupRefused
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.batch import Batch, parse_send_batch
 from tidelog.wire.codes import IggyError, Status
+from tidelog.wire.records import ConsumerGroupDetails, StreamInfo, decode_list, decode_record
 
 
 def _batch(count: int, size: int) -> Batch:
@@ -118,7 +119,7 @@ def test_shard_given_failing_metadata_fsync_when_changing_metadata_should_refuse
         assert not (shard.topic_dir(stream_id, 1)).exists()
         shard.metadata.check_invariants()
         # Reads and the data plane keep working for everyone.
-        streams = c.decode_list(c.StreamInfo, dispatcher.get_streams(session, c.GetStreams()))
+        streams = decode_list(StreamInfo, dispatcher.get_streams(session, c.GetStreams()))
         assert [s.name for s in streams] == ["s"]
         assert dispatcher.get_topic(session, c.GetTopic(stream_id, topic_id)) is not None
         part = shard.partitions[(stream_id, topic_id, 0)]
@@ -126,8 +127,8 @@ def test_shard_given_failing_metadata_fsync_when_changing_metadata_should_refuse
         assert part.messages_count == 8
         # Group membership is runtime state, never logged: joining still works.
         _call(dispatcher, session, c.JoinConsumerGroup(stream_id, topic_id, 0))
-        group = c.decode_record(
-            c.ConsumerGroupDetails,
+        group = decode_record(
+            ConsumerGroupDetails,
             dispatcher.get_consumer_group(session, c.GetConsumerGroup(stream_id, topic_id, 0)),
         )
         assert [sorted(m.partitions) for m in group.members] == [[0, 1]]

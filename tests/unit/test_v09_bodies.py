@@ -13,9 +13,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidelog.permissions import GlobalPermissions, Permissions, StreamPermissions, TopicPermissions
-from tidelog.wire import commands
+from tidelog.wire import requests
 from tidelog.wire.codes import U64_MAX, IggyError, Status
-from tidelog.wire.commands import Consumer, HeaderKind, Partitioning
+from tidelog.wire.primitives import Consumer, HeaderKind, Identifier, encode_permissions
+from tidelog.wire.records import (
+    PartitionInfo,
+    StreamDetails,
+    StreamInfo,
+    TopicDetails,
+    TopicInfo,
+    UserDetails,
+    UserInfo,
+)
+from tidelog.wire.requests import Partitioning
 from tidelog.wire.v09.batch import parse_batch
 from tidelog.wire.v09.bodies import (
     CREATE_ONLY_TOPIC_KEYS,
@@ -155,18 +165,18 @@ def test_vectors_given_inline_copies_when_compared_with_the_reference_should_mat
 def test_create_stream_given_vector_9_3_when_decoded_should_give_the_name_and_reencode() -> None:
     request = decode_request09(CommandCode.CREATE_STREAM, BODY_9_3)
     assert request == CreateStream09("test-stream")
-    assert isinstance(request, commands.CreateStream)  # a 0.8 handler serves it
+    assert isinstance(request, requests.CreateStream)  # a 0.8 handler serves it
     assert request.encode() == BODY_9_3
 
 
 def test_stream_reply_given_vector_9_3_fields_when_encoded_should_match_byte_for_byte() -> None:
-    info = commands.StreamInfo(0, CREATED_US, 0, 0, 0, "test-stream")
+    info = StreamInfo(0, CREATED_US, 0, 0, 0, "test-stream")
     payload = encode_stream09(info)
     assert encode_result_ok(payload) == REPLY_9_3
     assert decode_stream09(payload).info == info
     assert decode_stream09(payload).options == b""
     # CreateStream replies StreamResponse + 0 TopicHeaders: the same bytes as the details form.
-    assert encode_stream_details09(commands.StreamDetails(info, [])) == payload
+    assert encode_stream_details09(StreamDetails(info, [])) == payload
 
 
 def test_create_topic_given_vector_9_4_when_decoded_should_carry_the_wheels_durability_options() -> None:
@@ -521,44 +531,44 @@ PERMS = Permissions(
 )
 GROUP = Consumer(2, "g0")
 SAMPLES: dict[CommandCode, list[Any]] = {
-    CommandCode.PING: [commands.Ping()],
-    CommandCode.GET_STATS: [commands.GetStats()],
-    CommandCode.GET_SNAPSHOT_FILE: [commands.GetSnapshot(4, (1, 2, 5))],
-    CommandCode.GET_CLUSTER_METADATA: [commands.GetClusterMetadata()],
+    CommandCode.PING: [requests.Ping()],
+    CommandCode.GET_STATS: [requests.GetStats()],
+    CommandCode.GET_SNAPSHOT_FILE: [requests.GetSnapshot(4, (1, 2, 5))],
+    CommandCode.GET_CLUSTER_METADATA: [requests.GetClusterMetadata()],
     CommandCode.DESCRIBE_OPTIONS: [DescribeOptions(1), DescribeOptions(3)],
-    CommandCode.GET_ME: [commands.GetMe()],
-    CommandCode.GET_CLIENT: [commands.GetClient(7)],
-    CommandCode.GET_CLIENTS: [commands.GetClients()],
-    CommandCode.GET_USER: [commands.GetUser(0), commands.GetUser("alice")],
-    CommandCode.GET_USERS: [commands.GetUsers()],
+    CommandCode.GET_ME: [requests.GetMe()],
+    CommandCode.GET_CLIENT: [requests.GetClient(7)],
+    CommandCode.GET_CLIENTS: [requests.GetClients()],
+    CommandCode.GET_USER: [requests.GetUser(0), requests.GetUser("alice")],
+    CommandCode.GET_USERS: [requests.GetUsers()],
     CommandCode.CREATE_USER: [CreateUser09("alice", "secret123", 2, PERMS), CreateUser09("bob", "pw0", 1)],
-    CommandCode.DELETE_USER: [commands.DeleteUser("bob")],
+    CommandCode.DELETE_USER: [requests.DeleteUser("bob")],
     CommandCode.UPDATE_USER: [UpdateUser09(1), UpdateUser09("a", None, 1), UpdateUser09(2, "c", None)],
-    CommandCode.UPDATE_PERMISSIONS: [commands.UpdatePermissions(1, PERMS), commands.UpdatePermissions(1)],
-    CommandCode.CHANGE_PASSWORD: [commands.ChangePassword("alice", "old-pw", "new-pw")],
-    CommandCode.LOGOUT_USER: [commands.LogoutUser()],
-    CommandCode.GET_PERSONAL_ACCESS_TOKENS: [commands.GetPersonalAccessTokens()],
-    CommandCode.CREATE_PERSONAL_ACCESS_TOKEN: [commands.CreatePersonalAccessToken("pat", U64_MAX)],
-    CommandCode.DELETE_PERSONAL_ACCESS_TOKEN: [commands.DeletePersonalAccessToken("pat")],
+    CommandCode.UPDATE_PERMISSIONS: [requests.UpdatePermissions(1, PERMS), requests.UpdatePermissions(1)],
+    CommandCode.CHANGE_PASSWORD: [requests.ChangePassword("alice", "old-pw", "new-pw")],
+    CommandCode.LOGOUT_USER: [requests.LogoutUser()],
+    CommandCode.GET_PERSONAL_ACCESS_TOKENS: [requests.GetPersonalAccessTokens()],
+    CommandCode.CREATE_PERSONAL_ACCESS_TOKEN: [requests.CreatePersonalAccessToken("pat", U64_MAX)],
+    CommandCode.DELETE_PERSONAL_ACCESS_TOKEN: [requests.DeletePersonalAccessToken("pat")],
     CommandCode.POLL_MESSAGES: [
-        commands.PollMessages(Consumer(1, 1), "test-stream", "orders", 0, 5, 0, 10, True),
-        commands.PollMessages(GROUP, 0, 1, None, 1, 42, 1, False),
+        requests.PollMessages(Consumer(1, 1), "test-stream", "orders", 0, 5, 0, 10, True),
+        requests.PollMessages(GROUP, 0, 1, None, 1, 42, 1, False),
     ],
-    CommandCode.FLUSH_UNSAVED_BUFFER: [commands.FlushUnsavedBuffer(0, "t", 3, True)],
-    CommandCode.GET_CONSUMER_OFFSET: [commands.GetConsumerOffset(GROUP, "s0", "t0", None)],
+    CommandCode.FLUSH_UNSAVED_BUFFER: [requests.FlushUnsavedBuffer(0, "t", 3, True)],
+    CommandCode.GET_CONSUMER_OFFSET: [requests.GetConsumerOffset(GROUP, "s0", "t0", None)],
     CommandCode.STORE_CONSUMER_OFFSET: [StoreConsumerOffset09(GROUP, 0, 0, None, 9, AckLevel.NO_ACK)],
     CommandCode.DELETE_CONSUMER_OFFSET: [
         DeleteConsumerOffset09(Consumer(1, "c"), 0, 0, 2, AckLevel.QUORUM),
         DeleteConsumerOffset09(GROUP, "s", "t", None, AckLevel.NO_ACK),
     ],
-    CommandCode.GET_STREAM: [commands.GetStream("test-stream")],
-    CommandCode.GET_STREAMS: [commands.GetStreams()],
+    CommandCode.GET_STREAM: [requests.GetStream("test-stream")],
+    CommandCode.GET_STREAMS: [requests.GetStreams()],
     CommandCode.CREATE_STREAM: [CreateStream09("s")],
-    CommandCode.DELETE_STREAM: [commands.DeleteStream(0)],
+    CommandCode.DELETE_STREAM: [requests.DeleteStream(0)],
     CommandCode.UPDATE_STREAM: [UpdateStream09("s", "s2")],
-    CommandCode.PURGE_STREAM: [commands.PurgeStream(3)],
-    CommandCode.GET_TOPIC: [commands.GetTopic(0, "orders")],
-    CommandCode.GET_TOPICS: [commands.GetTopics(0)],
+    CommandCode.PURGE_STREAM: [requests.PurgeStream(3)],
+    CommandCode.GET_TOPIC: [requests.GetTopic(0, "orders")],
+    CommandCode.GET_TOPICS: [requests.GetTopics(0)],
     CommandCode.CREATE_TOPIC: [
         CreateTopic09(0, 0, "t", TopicOptions()),
         CreateTopic09(
@@ -573,18 +583,18 @@ SAMPLES: dict[CommandCode, list[Any]] = {
             ),
         ),
     ],
-    CommandCode.DELETE_TOPIC: [commands.DeleteTopic(0, 1)],
+    CommandCode.DELETE_TOPIC: [requests.DeleteTopic(0, 1)],
     CommandCode.UPDATE_TOPIC: [UpdateTopic09(0, 1, "t", TopicOptions(max_topic_size=0))],
-    CommandCode.PURGE_TOPIC: [commands.PurgeTopic("s", "t")],
-    CommandCode.CREATE_PARTITIONS: [commands.CreatePartitions(0, 0, 3)],
-    CommandCode.DELETE_PARTITIONS: [commands.DeletePartitions(0, 0, 1)],
-    CommandCode.DELETE_SEGMENTS: [commands.DeleteSegments(0, 0, 2, 5)],
-    CommandCode.GET_CONSUMER_GROUP: [commands.GetConsumerGroup(0, 0, "g0")],
-    CommandCode.GET_CONSUMER_GROUPS: [commands.GetConsumerGroups(0, 0)],
-    CommandCode.CREATE_CONSUMER_GROUP: [commands.CreateConsumerGroup(0, 0, "g0")],
-    CommandCode.DELETE_CONSUMER_GROUP: [commands.DeleteConsumerGroup(0, 0, 1)],
-    CommandCode.JOIN_CONSUMER_GROUP: [commands.JoinConsumerGroup("s", "t", "g")],
-    CommandCode.LEAVE_CONSUMER_GROUP: [commands.LeaveConsumerGroup(0, 0, 0)],
+    CommandCode.PURGE_TOPIC: [requests.PurgeTopic("s", "t")],
+    CommandCode.CREATE_PARTITIONS: [requests.CreatePartitions(0, 0, 3)],
+    CommandCode.DELETE_PARTITIONS: [requests.DeletePartitions(0, 0, 1)],
+    CommandCode.DELETE_SEGMENTS: [requests.DeleteSegments(0, 0, 2, 5)],
+    CommandCode.GET_CONSUMER_GROUP: [requests.GetConsumerGroup(0, 0, "g0")],
+    CommandCode.GET_CONSUMER_GROUPS: [requests.GetConsumerGroups(0, 0)],
+    CommandCode.CREATE_CONSUMER_GROUP: [requests.CreateConsumerGroup(0, 0, "g0")],
+    CommandCode.DELETE_CONSUMER_GROUP: [requests.DeleteConsumerGroup(0, 0, 1)],
+    CommandCode.JOIN_CONSUMER_GROUP: [requests.JoinConsumerGroup("s", "t", "g")],
+    CommandCode.LEAVE_CONSUMER_GROUP: [requests.LeaveConsumerGroup(0, 0, 0)],
     CommandCode.SYNC_CONSUMER_GROUP: [SyncConsumerGroup("s0", 1, "g0")],
 }
 
@@ -656,9 +666,9 @@ def test_decode_request09_given_codes_outside_the_table_when_decoded_should_fail
 
 
 def test_decode_request09_given_0_8_layouts_when_decoded_should_yield_the_0_8_classes() -> None:
-    assert type(decode_request09(CommandCode.GET_STREAM, b"\x01\x04\0\0\0\0")) is commands.GetStream
-    assert type(decode_request09(CommandCode.GET_TOPIC, b"\x01\x04\0\0\0\0" * 2)) is commands.GetTopic
-    assert isinstance(decode_request09(CommandCode.UPDATE_USER, UPDATE_USER_BOBBY), commands.UpdateUser)
+    assert type(decode_request09(CommandCode.GET_STREAM, b"\x01\x04\0\0\0\0")) is requests.GetStream
+    assert type(decode_request09(CommandCode.GET_TOPIC, b"\x01\x04\0\0\0\0" * 2)) is requests.GetTopic
+    assert isinstance(decode_request09(CommandCode.UPDATE_USER, UPDATE_USER_BOBBY), requests.UpdateUser)
 
 
 def test_decode_request09_given_empty_name_or_bad_identifier_length_when_decoded_should_use_code_3() -> None:
@@ -687,8 +697,8 @@ def test_send_messages_header_given_bad_metadata_length_when_decoded_should_fail
 
 # --- replies (2.11) ----------------------------------------------------------------------------
 
-TOPIC = commands.TopicInfo(5, CREATED_US, 2, U64_MAX, 2, 10**9, 0, 123, 4, "orders")
-PARTITIONS = [commands.PartitionInfo(i, CREATED_US, 1, 3 * i, 100 * i, i) for i in range(2)]
+TOPIC = TopicInfo(5, CREATED_US, 2, U64_MAX, 2, 10**9, 0, 123, 4, "orders")
+PARTITIONS = [PartitionInfo(i, CREATED_US, 1, 3 * i, 100 * i, i) for i in range(2)]
 
 
 def test_topic_header_given_fields_when_encoded_should_follow_2_11_without_replication_factor() -> None:
@@ -705,7 +715,7 @@ def test_topic_header_given_fields_when_encoded_should_follow_2_11_without_repli
 
 
 def test_topic_details_given_partitions_when_round_tripped_should_keep_blocks_and_partitions() -> None:
-    payload = encode_topic_details09(commands.TopicDetails(TOPIC, PARTITIONS), b"o" * 3, b"d")
+    payload = encode_topic_details09(TopicDetails(TOPIC, PARTITIONS), b"o" * 3, b"d")
     details = decode_topic_details09(payload)
     assert details.header.topic == TOPIC  # replication_factor decodes as 0
     assert (details.header.options, details.header.derived) == (b"ooo", b"d")
@@ -715,7 +725,7 @@ def test_topic_details_given_partitions_when_round_tripped_should_keep_blocks_an
 
 
 def test_topics_reply_given_headers_when_round_tripped_should_carry_the_count_prefix() -> None:
-    other = commands.TopicInfo(6, 1, 0, 0, 1, 0, 0, 0, 0, "t6")
+    other = TopicInfo(6, 1, 0, 0, 1, 0, 0, 0, 0, "t6")
     payload = encode_topics09([(TOPIC, b"", b"x"), (other, b"y", b"")])
     assert payload[:4] == struct.pack("<I", 2)
     headers = decode_topics09(payload)
@@ -724,9 +734,9 @@ def test_topics_reply_given_headers_when_round_tripped_should_carry_the_count_pr
 
 
 def test_stream_details_given_topic_blocks_when_round_tripped_should_keep_each_topics_blocks() -> None:
-    other = commands.TopicInfo(6, 1, 0, 0, 1, 0, 0, 0, 0, "t6")
-    stream = commands.StreamInfo(1, CREATED_US, 2, 10, 2, "s")
-    details = commands.StreamDetails(stream, [TOPIC, other])
+    other = TopicInfo(6, 1, 0, 0, 1, 0, 0, 0, 0, "t6")
+    stream = StreamInfo(1, CREATED_US, 2, 10, 2, "s")
+    details = StreamDetails(stream, [TOPIC, other])
     by_list = encode_stream_details09(details, [(b"a", b"b"), (b"", b"c")])
     by_fn = encode_stream_details09(details, lambda t: (b"a", b"b") if t.id == 5 else (b"", b"c"))
     assert by_list == by_fn
@@ -740,7 +750,7 @@ def test_stream_details_given_topic_blocks_when_round_tripped_should_keep_each_t
 
 
 def test_streams_reply_given_infos_when_round_tripped_should_concatenate_without_count() -> None:
-    infos = [commands.StreamInfo(i, CREATED_US, 0, 0, 0, f"s{i}") for i in range(3)]
+    infos = [StreamInfo(i, CREATED_US, 0, 0, 0, f"s{i}") for i in range(3)]
     payload = encode_streams09(infos)
     assert payload == b"".join(encode_stream09(i) for i in infos)
     assert [s.info for s in decode_streams09(payload)] == infos
@@ -748,13 +758,13 @@ def test_streams_reply_given_infos_when_round_tripped_should_concatenate_without
 
 
 def test_user_replies_given_users_when_encoded_should_put_empty_options_before_permissions() -> None:
-    user = commands.UserInfo(1, CREATED_US, 1, "alice")
+    user = UserInfo(1, CREATED_US, 1, "alice")
     assert encode_user09(user) == user.encode() + b"\0\0\0\0"
     assert [u.info for u in decode_users09(encode_users09([user, user]))] == [user, user]
-    without = encode_user_details09(commands.UserDetails(user, None))
+    without = encode_user_details09(UserDetails(user, None))
     assert without == user.encode() + b"\0\0\0\0" + b"\0\0\0\0"
-    with_perms = encode_user_details09(commands.UserDetails(user, PERMS))
-    block = commands.encode_permissions(PERMS)
+    with_perms = encode_user_details09(UserDetails(user, PERMS))
+    block = encode_permissions(PERMS)
     assert with_perms == user.encode() + b"\0\0\0\0" + b"\x01" + struct.pack("<I", len(block)) + block
     assert decode_user_details09(without).permissions is None
     decoded = decode_user_details09(with_perms)
@@ -887,7 +897,7 @@ _partitioning = st.one_of(
 )
 _REQUESTS_09: dict[CommandCode, st.SearchStrategy[Any]] = {
     CommandCode.POLL_MESSAGES: st.builds(
-        commands.PollMessages,
+        requests.PollMessages,
         _consumer,
         _identifier,
         _identifier,
@@ -898,7 +908,7 @@ _REQUESTS_09: dict[CommandCode, st.SearchStrategy[Any]] = {
         st.booleans(),
     ),
     CommandCode.GET_CONSUMER_OFFSET: st.builds(
-        commands.GetConsumerOffset, _consumer, _identifier, _identifier, _partition
+        requests.GetConsumerOffset, _consumer, _identifier, _identifier, _partition
     ),
     CommandCode.STORE_CONSUMER_OFFSET: st.builds(
         StoreConsumerOffset09, _consumer, _identifier, _identifier, _partition, _u64, _ack
@@ -914,8 +924,8 @@ _REQUESTS_09: dict[CommandCode, st.SearchStrategy[Any]] = {
     ),
     CommandCode.SYNC_CONSUMER_GROUP: st.builds(SyncConsumerGroup, _identifier, _identifier, _identifier),
     CommandCode.DESCRIBE_OPTIONS: st.builds(DescribeOptions, st.sampled_from(list(OptionScope))),
-    CommandCode.CREATE_PARTITIONS: st.builds(commands.CreatePartitions, _identifier, _identifier, _u32),
-    CommandCode.GET_TOPIC: st.builds(commands.GetTopic, _identifier, _identifier),
+    CommandCode.CREATE_PARTITIONS: st.builds(requests.CreatePartitions, _identifier, _identifier, _u32),
+    CommandCode.GET_TOPIC: st.builds(requests.GetTopic, _identifier, _identifier),
 }
 
 
@@ -934,7 +944,7 @@ def test_decode_request09_given_generated_request_when_round_tripped_should_be_i
 
 @given(_identifier, _identifier, _partitioning, st.integers(1, 20))
 def test_send_messages_header_given_generated_metadata_when_round_tripped_should_locate_the_batch(
-    stream: commands.Identifier, topic: commands.Identifier, partitioning: Partitioning, count: int
+    stream: Identifier, topic: Identifier, partitioning: Partitioning, count: int
 ) -> None:
     batch = bytearray(256)
     struct.pack_into("<I", batch, 48, count)
@@ -944,12 +954,12 @@ def test_send_messages_header_given_generated_metadata_when_round_tripped_should
     assert header.messages_count == count and body[header.batch_offset :] == batch
 
 
-_stream_info = st.builds(commands.StreamInfo, _u32, _u64, _u32, _u64, _u64, _name)
+_stream_info = st.builds(StreamInfo, _u32, _u64, _u32, _u64, _u64, _name)
 # replication_factor is not on the 0.9 wire (2.11): it decodes as 0.
 _topic_info = st.builds(
-    commands.TopicInfo, _u32, _u64, _u32, _u64, st.integers(0, 255), _u64, st.just(0), _u64, _u64, _name
+    TopicInfo, _u32, _u64, _u32, _u64, st.integers(0, 255), _u64, st.just(0), _u64, _u64, _name
 )
-_user_info = st.builds(commands.UserInfo, _u32, _u64, st.integers(0, 255), _name)
+_user_info = st.builds(UserInfo, _u32, _u64, st.integers(0, 255), _name)
 
 
 @given(
@@ -958,9 +968,9 @@ _user_info = st.builds(commands.UserInfo, _u32, _u64, st.integers(0, 255), _name
     st.lists(_user_info, max_size=4),
 )
 def test_reply_lists_given_generated_records_when_round_tripped_should_be_identical(
-    streams: list[commands.StreamInfo],
-    topics: list[tuple[commands.TopicInfo, bytes, bytes]],
-    users: list[commands.UserInfo],
+    streams: list[StreamInfo],
+    topics: list[tuple[TopicInfo, bytes, bytes]],
+    users: list[UserInfo],
 ) -> None:
     assert [s.info for s in decode_streams09(encode_streams09(streams))] == streams
     assert [(h.topic, h.options, h.derived) for h in decode_topics09(encode_topics09(topics))] == topics

@@ -43,19 +43,17 @@ from tidelog.wire.codes import (
     Command,
     Status,
 )
-from tidelog.wire.commands import (
-    Consumer,
-    ConsumerKind,
+from tidelog.wire.framing import ClientFraming as ClientFraming08
+from tidelog.wire.framing import ReplyReceived as ReplyReceived08
+from tidelog.wire.primitives import Consumer, ConsumerKind, PollingKind
+from tidelog.wire.requests import (
     JoinConsumerGroup,
     LoginUser,
     OutgoingMessage,
     Partitioning,
-    PollingKind,
     PollMessages,
     encode_send_messages,
 )
-from tidelog.wire.framing import ClientFraming as ClientFraming08
-from tidelog.wire.framing import ReplyReceived as ReplyReceived08
 from tidelog.wire.v09 import frames as f09
 from tidelog.wire.v09.batch import build_batch
 from tidelog.wire.v09.bodies import SyncConsumerGroup, decode_sync_group09, encode_send_messages09

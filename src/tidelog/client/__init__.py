@@ -30,18 +30,10 @@ from tidelog.client.connection import (
 from tidelog.client.consumer import Consumer
 from tidelog.client.producer import Producer, ProducerClosedError
 from tidelog.permissions import GlobalPermissions, Permissions, StreamPermissions, TopicPermissions
-from tidelog.wire.codes import IggyError, Status
-from tidelog.wire.commands import (
-    CompressionAlgorithm,
-    ConsumerKind,
-    OutgoingMessage,
-    Partitioning,
-    PolledMessage,
-    PollHeader,
-    SnapshotCompression,
-    SnapshotType,
-    UserStatus,
-)
+from tidelog.wire.codes import CompressionAlgorithm, IggyError, Status, UserStatus
+from tidelog.wire.primitives import ConsumerKind, SnapshotCompression, SnapshotType
+from tidelog.wire.records import PolledMessage, PollHeader
+from tidelog.wire.requests import OutgoingMessage, Partitioning
 
 __all__ = [
     "DEFAULT_CONSUMER",

@@ -16,27 +16,27 @@ import uuid
 from collections.abc import Sequence
 
 from tidelog.wire.codes import POLL_REPLY_HEADER_SIZE, CompressionAlgorithm, IggyError, Status
-from tidelog.wire.commands import (
-    BytesLike,
-    Consumer,
-    CreateTopic,
-    DeleteConsumerOffset,
-    Identifier,
-    OutgoingMessage,
-    Partitioning,
+from tidelog.wire.primitives import BytesLike, Consumer, Identifier
+from tidelog.wire.records import (
     PolledMessage,
     PollHeader,
-    StoreConsumerOffset,
     StreamDetails,
     StreamInfo,
     TopicDetails,
     TopicInfo,
-    UpdateTopic,
     UserDetails,
     UserInfo,
     decode_list,
     decode_poll_reply,
     decode_record,
+)
+from tidelog.wire.requests import (
+    CreateTopic,
+    DeleteConsumerOffset,
+    OutgoingMessage,
+    Partitioning,
+    StoreConsumerOffset,
+    UpdateTopic,
     encode_send_messages,
 )
 from tidelog.wire.v09.batch import FRAME_HEADER_SIZE, BatchError, build_batch, parse_records

@@ -32,8 +32,9 @@ from tidelog.client.connection import (
     PollingStrategy,
 )
 from tidelog.wire.codes import Status
-from tidelog.wire.commands import Consumer as WireConsumer
-from tidelog.wire.commands import ConsumerKind, PolledMessage, PollingKind, identifier_from_user
+from tidelog.wire.primitives import Consumer as WireConsumer
+from tidelog.wire.primitives import ConsumerKind, PollingKind, identifier_from_user
+from tidelog.wire.records import PolledMessage
 
 
 class Consumer:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable
 
 from tidelog.client.connection import IggyClient, IggyServerError
 from tidelog.wire.codes import Status
-from tidelog.wire.commands import OutgoingMessage, Partitioning
+from tidelog.wire.requests import OutgoingMessage, Partitioning
 
 
 class ProducerClosedError(RuntimeError):

@@ -34,8 +34,8 @@ from tidelog.server.shard import PartitionKey, Session, Shard
 from tidelog.storage.io import FileRange
 from tidelog.storage.partition import Partition
 from tidelog.wire import batch as wbatch
-from tidelog.wire import commands as c
 from tidelog.wire import framing
+from tidelog.wire import requests as c
 from tidelog.wire.codes import (
     MAX_TOKENS_PER_USER,
     PAT_NAME_LEN_MAX,
@@ -44,6 +44,29 @@ from tidelog.wire.codes import (
     Command,
     IggyError,
     Status,
+)
+from tidelog.wire.primitives import Consumer, identifier_from_user
+from tidelog.wire.records import (
+    ClientDetails,
+    ClientInfo,
+    ClusterMetadata,
+    ClusterNode,
+    ConsumerGroupDetails,
+    ConsumerGroupInfo,
+    ConsumerGroupMember,
+    ConsumerOffsetInfo,
+    Identity,
+    PartitionInfo,
+    PersonalAccessTokenInfo,
+    PollHeader,
+    RawPersonalAccessToken,
+    Stats,
+    StreamDetails,
+    StreamInfo,
+    TopicDetails,
+    TopicInfo,
+    UserDetails,
+    UserInfo,
 )
 
 log = logging.getLogger(__name__)
@@ -112,12 +135,12 @@ class Appended:
 
 @dataclass(frozen=True, slots=True)
 class Polled:
-    header: c.PollHeader
+    header: PollHeader
     chunks: list[memoryview | bytes | FileRange]  # stored 0.8 messages, in offset order
     saved: Awaitable[None] | None  # the auto-commit's sync, when the reply must wait for it
 
 
-def consumer_key(consumer: c.Consumer) -> int:
+def consumer_key(consumer: Consumer) -> int:
     """Offsets of individual consumers are keyed by u32: numeric ids as is, names by XXH32."""
     if isinstance(consumer.id, int):
         return consumer.id
@@ -279,9 +302,9 @@ class Dispatcher:
         key = (topic.stream_id, topic.id, partition_id)
         return key, self.shard.partitions[key]  # the shard opens every partition metadata names
 
-    def stream_info(self, stream: md.StreamMeta) -> c.StreamInfo:
+    def stream_info(self, stream: md.StreamMeta) -> StreamInfo:
         size, count = self.shard.stream_totals(stream)
-        return c.StreamInfo(
+        return StreamInfo(
             id=stream.id,
             created_at_us=stream.created_at_us,
             topics_count=len(stream.topics),
@@ -290,9 +313,9 @@ class Dispatcher:
             name=stream.name,
         )
 
-    def topic_info(self, topic: md.TopicMeta) -> c.TopicInfo:
+    def topic_info(self, topic: md.TopicMeta) -> TopicInfo:
         size, count = self.shard.topic_totals(topic)
-        return c.TopicInfo(
+        return TopicInfo(
             id=topic.id,
             created_at_us=topic.created_at_us,
             partitions_count=len(topic.partitions),
@@ -305,12 +328,12 @@ class Dispatcher:
             name=topic.name,
         )
 
-    def topic_details(self, topic: md.TopicMeta) -> c.TopicDetails:
+    def topic_details(self, topic: md.TopicMeta) -> TopicDetails:
         parts = []
         for pid in sorted(topic.partitions):
             part = self.shard.partitions[(topic.stream_id, topic.id, pid)]
             parts.append(
-                c.PartitionInfo(
+                PartitionInfo(
                     id=pid,
                     created_at_us=topic.partitions[pid].created_at_us,
                     segments_count=part.segments_count,
@@ -319,35 +342,35 @@ class Dispatcher:
                     messages_count=part.messages_count,
                 )
             )
-        return c.TopicDetails(topic=self.topic_info(topic), partitions=parts)
+        return TopicDetails(topic=self.topic_info(topic), partitions=parts)
 
-    def user_details(self, user: md.UserMeta) -> c.UserDetails:
-        return c.UserDetails(
-            user=c.UserInfo(
+    def user_details(self, user: md.UserMeta) -> UserDetails:
+        return UserDetails(
+            user=UserInfo(
                 id=user.id, created_at_us=user.created_at_us, status=user.status, username=user.username
             ),
             permissions=user.permissions,
         )
 
-    def _group_info(self, group: md.GroupMeta) -> c.ConsumerGroupInfo:
-        return c.ConsumerGroupInfo(
+    def _group_info(self, group: md.GroupMeta) -> ConsumerGroupInfo:
+        return ConsumerGroupInfo(
             id=group.id,
             partitions_count=len(group.partition_ids),
             members_count=len(group.members),
             name=group.name,
         )
 
-    def _client_details(self, session: Session) -> c.ClientDetails:
+    def _client_details(self, session: Session) -> ClientDetails:
         groups = self.md.client_groups(session.client_id)
-        return c.ClientDetails(
+        return ClientDetails(
             client=self._client_info(session, len(groups)),
             groups=list(groups),
         )
 
-    def _client_info(self, session: Session, groups_count: int | None = None) -> c.ClientInfo:
+    def _client_info(self, session: Session, groups_count: int | None = None) -> ClientInfo:
         if groups_count is None:
             groups_count = len(self.md.client_groups(session.client_id))
-        return c.ClientInfo(
+        return ClientInfo(
             client_id=session.client_id,
             user_id=session.wire_user_id,
             transport=1,
@@ -363,7 +386,7 @@ class Dispatcher:
         self._require(perm.servers_read(self._perms(session)))
         return self.stats().encode()
 
-    def stats(self) -> c.Stats:
+    def stats(self) -> Stats:
         shard = self.shard
         streams = topics = partitions = segments = groups = 0
         messages = size = 0
@@ -387,7 +410,7 @@ class Dispatcher:
         cpu_s = usage.ru_utime + usage.ru_stime
         cpu_pct = 100.0 * cpu_s / max(run_time_us / 1e6, 1e-6)
         uname = platform.uname()
-        return c.Stats(
+        return Stats(
             process_id=os.getpid(),
             cpu_usage=float(cpu_pct),
             total_cpu_usage=float(os.getloadavg()[0] * 100 / (os.cpu_count() or 1)),
@@ -455,7 +478,7 @@ class Dispatcher:
         return out.getvalue()
 
     def get_cluster_metadata(self, session: Session, req: c.GetClusterMetadata) -> bytes:
-        node = c.ClusterNode(
+        node = ClusterNode(
             name="tidelog-node",
             ip=self.shard.config.tcp_host,
             tcp_port=self.shard.bound_port,
@@ -465,7 +488,7 @@ class Dispatcher:
             role=0,
             status=0,
         )
-        return c.ClusterMetadata(name="single-node", nodes=[node]).encode()
+        return ClusterMetadata(name="single-node", nodes=[node]).encode()
 
     def get_me(self, session: Session, req: c.GetMe) -> bytes:
         return self._client_details(session).encode()
@@ -490,11 +513,11 @@ class Dispatcher:
             self._require(perm.users_read(self._perms(session)))
         return user
 
-    def list_users(self, session: Session) -> list[c.UserInfo]:
+    def list_users(self, session: Session) -> list[UserInfo]:
         self._require(perm.users_read(self._perms(session)))
         users = sorted(self.md.users.values(), key=lambda u: u.id)
         return [
-            c.UserInfo(id=u.id, created_at_us=u.created_at_us, status=u.status, username=u.username)
+            UserInfo(id=u.id, created_at_us=u.created_at_us, status=u.status, username=u.username)
             for u in users
         ]
 
@@ -562,7 +585,7 @@ class Dispatcher:
         auth.validate_username(req.username)
         auth.validate_password(req.password)
         # A name made only of digits is a user id, as the SDK's Identifier rule makes it.
-        ident: int | str = c.identifier_from_user(req.username)
+        ident: int | str = identifier_from_user(req.username)
         user = self.md.user(ident)
         if user is None:
             raise IggyError(Status.INVALID_CREDENTIALS)
@@ -572,7 +595,7 @@ class Dispatcher:
         if user.status != 1:
             raise IggyError(Status.USER_INACTIVE)
         session.user_id = user.id
-        return c.Identity(user_id=user.id).encode()
+        return Identity(user_id=user.id).encode()
 
     def logout_user(self, session: Session, req: c.LogoutUser) -> None:
         session.user_id = None
@@ -581,7 +604,7 @@ class Dispatcher:
     def get_pats(self, session: Session, req: c.GetPersonalAccessTokens) -> bytes:
         user = self.md.require_user(session.wire_user_id)
         return b"".join(
-            c.PersonalAccessTokenInfo(name=t.name, expiry_at_us=t.expiry_at_us).encode()
+            PersonalAccessTokenInfo(name=t.name, expiry_at_us=t.expiry_at_us).encode()
             for t in sorted(user.tokens.values(), key=lambda t: t.name)
         )
 
@@ -600,7 +623,7 @@ class Dispatcher:
                 user_id=user.id, name=req.name, token_hash=auth.hash_token(token), expiry_at_us=expiry_at
             )
         )
-        return c.RawPersonalAccessToken(token=token).encode()
+        return RawPersonalAccessToken(token=token).encode()
 
     def delete_pat(self, session: Session, req: c.DeletePersonalAccessToken) -> None:
         user = self.md.require_user(session.wire_user_id)
@@ -618,7 +641,7 @@ class Dispatcher:
         if user.status != 1:
             raise IggyError(Status.USER_INACTIVE)
         session.user_id = user.id
-        return c.Identity(user_id=user.id).encode()
+        return Identity(user_id=user.id).encode()
 
     # ---- streams -----------------------------------------------------------------------
     def find_stream(self, session: Session, ident: int | str) -> md.StreamMeta | None:
@@ -642,7 +665,7 @@ class Dispatcher:
         if stream is None:
             return None
         topics = [self.topic_info(t) for _, t in sorted(stream.topics.items())]
-        return c.StreamDetails(stream=self.stream_info(stream), topics=topics).encode()
+        return StreamDetails(stream=self.stream_info(stream), topics=topics).encode()
 
     def get_streams(self, session: Session, req: c.GetStreams) -> bytes:
         return b"".join(self.stream_info(s).encode() for s in self.list_streams(session))
@@ -789,8 +812,8 @@ class Dispatcher:
         if topic is None or group is None:
             return None
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
-        members = [c.ConsumerGroupMember(id=m.id, partitions=list(m.partitions)) for m in group.members]
-        return c.ConsumerGroupDetails(group=self._group_info(group), members=members).encode()
+        members = [ConsumerGroupMember(id=m.id, partitions=list(m.partitions)) for m in group.members]
+        return ConsumerGroupDetails(group=self._group_info(group), members=members).encode()
 
     def get_consumer_groups(self, session: Session, req: c.GetConsumerGroups) -> bytes | None:
         stream = self.md.stream(req.stream_id)
@@ -852,7 +875,7 @@ class Dispatcher:
 
     # ---- consumer offsets --------------------------------------------------------------
     def _offset_target(
-        self, session: Session, consumer: c.Consumer, topic: md.TopicMeta, partition_id: int | None
+        self, session: Session, consumer: Consumer, topic: md.TopicMeta, partition_id: int | None
     ) -> tuple[Partition, int, int]:
         """Resolves (partition, kind, consumer key) for store/delete (section 3.7)."""
         if consumer.kind == 1:
@@ -892,7 +915,7 @@ class Dispatcher:
             stored = None if group is None else part.get_offset(2, group.id)
         if stored is None:
             return None
-        return c.ConsumerOffsetInfo(
+        return ConsumerOffsetInfo(
             partition_id=pid, current_offset=part.current_offset, stored_offset=stored
         ).encode()
 
@@ -1013,13 +1036,13 @@ class Dispatcher:
             else:
                 chosen = req.partition_id if req.partition_id in member.partitions else None
             if chosen is None:
-                return Polled(c.PollHeader(stale_partition_id, 0, 0), [], None)
+                return Polled(PollHeader(stale_partition_id, 0, 0), [], None)
             pid = chosen
             session.group_partition[(topic.stream_id, topic.id, group.id)] = pid
         _, part = self.partition(topic, pid)
         start = self._poll_start(part, req, kind, ckey)
         if start is None or req.count == 0 or part.is_empty or start > part.current_offset:
-            return Polled(c.PollHeader(pid, part.current_offset, 0), [], None)
+            return Polled(PollHeader(pid, part.current_offset, 0), [], None)
         # Under `always` an auto-commit is synced before the reply, so the reply may wait: file
         # ranges are valid only until the next mutation, so it then carries bytes.
         deferred = req.auto_commit and self.fsync_always
@@ -1027,7 +1050,7 @@ class Dispatcher:
         saved = None
         if req.auto_commit and result.count:
             saved = _when_saved(part.store_offset(kind, ckey, result.first_offset + result.count - 1))
-        return Polled(c.PollHeader(pid, part.current_offset, result.count), result.chunks, saved)
+        return Polled(PollHeader(pid, part.current_offset, result.count), result.chunks, saved)
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind
@@ -1043,5 +1066,5 @@ class Dispatcher:
         stored = part.get_offset(kind, ckey)  # next
         return part.first_offset if stored is None else stored + 1
 
-    def _poll_reply(self, header: c.PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Result:
+    def _poll_reply(self, header: PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Result:
         return Ok([header.encode(), *chunks])

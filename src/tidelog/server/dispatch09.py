@@ -27,8 +27,9 @@ from tidelog.server.dispatch import METADATA_COMMANDS, Dispatcher, _after
 from tidelog.server.shard import Session
 from tidelog.storage.io import FileRange
 from tidelog.wire import batch as wbatch
-from tidelog.wire import commands as c
+from tidelog.wire import requests as c
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, U32_MAX, IggyError, Status
+from tidelog.wire.primitives import identifier_from_user
 from tidelog.wire.v09 import bodies as b
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.batch import BatchError, parse_batch, v08_to_v09, v09_to_v08
@@ -258,7 +259,7 @@ class Dispatcher09:
             auth.validate_password(login.password)
         except IggyError:
             return None
-        user = self.md.user(c.identifier_from_user(login.username))
+        user = self.md.user(identifier_from_user(login.username))
         if user is None:
             return None
         ok = await asyncio.to_thread(auth.verify_password, user.password_hash, login.password)

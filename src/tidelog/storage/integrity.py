@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from tidelog.storage.io import File, FileIO
-from tidelog.wire.batch import INDEX_DTYPE, OFFSET_AT, TIMESTAMP_AT, header_u64, scan_messages
+from tidelog.wire.batch import INDEX_DTYPE, MESSAGE_HEADER, OFFSET_AT, TIMESTAMP_AT, header_u64, scan_messages
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, MESSAGE_HEADER_SIZE
 
 QUARANTINE_DIR = "quarantine"
 # Scans and quarantine copies read this much at a time, so a huge or padded file never has
 # to fit in memory at once (a single larger message still gets a window of its size).
 SCAN_WINDOW_BYTES = 16 << 20
-_LENGTHS = struct.Struct("<IIQ")
 _U64 = struct.Struct("<Q")
 
 
@@ -30,7 +29,7 @@ def declared_size(data: bytes | memoryview, at: int = 0) -> int | None:
     """Size the message header at `data[at:]` claims, if its length fields are in range."""
     if len(data) - at < MESSAGE_HEADER_SIZE:
         return None
-    user_headers, payload, reserved = _LENGTHS.unpack_from(data, at + 48)
+    *_, user_headers, payload, reserved = MESSAGE_HEADER.unpack_from(data, at)
     if reserved or payload > MAX_PAYLOAD_BYTES or user_headers > MAX_USER_HEADERS_BYTES:
         return None
     return MESSAGE_HEADER_SIZE + payload + user_headers

@@ -43,20 +43,34 @@ from tidelog.wire.codes import (
     Status,
 )
 
-MESSAGE_HEADER_DTYPE = np.dtype(
-    [
-        ("checksum", "<u8"),
-        ("id_lo", "<u8"),
-        ("id_hi", "<u8"),
-        ("offset", "<u8"),
-        ("timestamp", "<u8"),
-        ("origin_timestamp", "<u8"),
-        ("user_headers_length", "<u4"),
-        ("payload_length", "<u4"),
-        ("reserved", "<u8"),
-    ]
+# The two fixed 0.8 layouts, each written once as (field, struct code); the struct, the numpy
+# dtype and the field offsets below are derived from these tables, so they cannot disagree.
+_MESSAGE_HEADER_FIELDS: tuple[tuple[str, str], ...] = (  # section 4.1
+    ("checksum", "Q"),
+    ("id_lo", "Q"),  # the u128 id, low half first
+    ("id_hi", "Q"),
+    ("offset", "Q"),
+    ("timestamp", "Q"),
+    ("origin_timestamp", "Q"),
+    ("user_headers_length", "I"),
+    ("payload_length", "I"),
+    ("reserved", "Q"),
 )
-INDEX_DTYPE = np.dtype([("offset", "<u4"), ("position", "<u4"), ("timestamp", "<u8")])
+# Section 3.9 (client index table) and the stored .index: relative offset, end position, timestamp.
+_INDEX_ENTRY_FIELDS: tuple[tuple[str, str], ...] = (("offset", "I"), ("position", "I"), ("timestamp", "Q"))
+_DTYPE_CODES = {"I": "<u4", "Q": "<u8"}
+
+
+def _layout(fields: tuple[tuple[str, str], ...]) -> tuple[struct.Struct, np.dtype]:
+    """A little-endian, unpadded struct over `fields` and the numpy dtype of the same bytes."""
+    layout = struct.Struct("<" + "".join(code for _, code in fields))
+    dtype = np.dtype([(name, _DTYPE_CODES[code]) for name, code in fields])
+    assert layout.size == dtype.itemsize
+    return layout, dtype
+
+
+MESSAGE_HEADER, MESSAGE_HEADER_DTYPE = _layout(_MESSAGE_HEADER_FIELDS)
+INDEX_ENTRY, INDEX_DTYPE = _layout(_INDEX_ENTRY_FIELDS)
 
 assert MESSAGE_HEADER_DTYPE.itemsize == MESSAGE_HEADER_SIZE == 64
 assert INDEX_DTYPE.itemsize == INDEX_ENTRY_SIZE == 16
@@ -66,15 +80,12 @@ _FIELDS = MESSAGE_HEADER_DTYPE.fields
 assert _FIELDS is not None
 _F = {name: int(spec[1]) for name, spec in _FIELDS.items()}
 CHECKSUM_AT, ID_AT, OFFSET_AT, TIMESTAMP_AT = _F["checksum"], _F["id_lo"], _F["offset"], _F["timestamp"]
-LENGTHS_AT, RESERVED_AT = _F["user_headers_length"], _F["reserved"]
+LENGTHS_AT, PAYLOAD_LENGTH_AT, RESERVED_AT = _F["user_headers_length"], _F["payload_length"], _F["reserved"]
 assert (CHECKSUM_AT, ID_AT, OFFSET_AT, TIMESTAMP_AT) == (0, 8, 24, 32)
-assert (LENGTHS_AT, _F["payload_length"], RESERVED_AT) == (48, 52, 56)
+assert (LENGTHS_AT, PAYLOAD_LENGTH_AT, RESERVED_AT) == (48, 52, 56)
 
 # The checksum covers everything after its own field.
 CHECKSUMMED_FROM = CHECKSUM_AT + 8
-
-_HEADER = struct.Struct("<QQQQQQIIQ")
-assert _HEADER.size == MESSAGE_HEADER_SIZE
 
 _COLUMNS = np.arange(MESSAGE_HEADER_SIZE, dtype=np.int64)
 
@@ -345,7 +356,7 @@ def scan_messages(
                 valid = int(found[-1]) if bad else 0
         return found, int(valid)
     total = mv.nbytes
-    unpack = _HEADER.unpack_from
+    unpack = MESSAGE_HEADER.unpack_from
     digest = xxhash.xxh3_64_intdigest
     ends: list[int] = []
     pos = 0

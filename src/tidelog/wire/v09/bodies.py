@@ -6,8 +6,9 @@ too); the batch of a SendMessages body is parsed by :func:`.batch.parse_batch`. 
 encoders here return the *payload*: for result-framed operations (section 1.4) the caller
 wraps it with :func:`.frames.encode_result_ok`.
 
-What 0.9 shares with 0.8, byte for byte, is reused from :mod:`tidelog.wire.commands`, never
-copied:
+What 0.9 shares with 0.8, byte for byte, is reused from the 0.8 codec
+(:mod:`tidelog.wire.primitives`, :mod:`~tidelog.wire.requests`, :mod:`~tidelog.wire.records`,
+:mod:`~tidelog.wire.user_headers`), never copied:
 
 * Requests with the 0.8 layout (checked against both references): Ping, GetStats,
   GetSnapshot (11), GetClusterMetadata, GetMe, GetClient, GetClients, GetUser, GetUsers,
@@ -60,9 +61,24 @@ from typing import Any, ClassVar, Self, cast
 
 from tidelog.permissions import Permissions
 from tidelog.wire.codes import U32_MAX, U64_MAX, CompressionAlgorithm, IggyError, Status
-from tidelog.wire.commands import (
-    _HEADER_FIXED_SIZES,  # the 4.4 size column; 0.9 uses the same kinds (commands.py keeps it private)
+from tidelog.wire.primitives import (
     BytesLike,
+    HeaderKind,
+    Identifier,
+    Reader,
+    Writer,
+    encode_identifier,
+)
+from tidelog.wire.records import (
+    PartitionInfo,
+    StreamDetails,
+    StreamInfo,
+    TopicDetails,
+    TopicInfo,
+    UserDetails,
+    UserInfo,
+)
+from tidelog.wire.requests import (
     ChangePassword,
     CreateConsumerGroup,
     CreatePartitions,
@@ -94,30 +110,21 @@ from tidelog.wire.commands import (
     GetTopics,
     GetUser,
     GetUsers,
-    HeaderKind,
-    Identifier,
     JoinConsumerGroup,
     LeaveConsumerGroup,
     LogoutUser,
-    PartitionInfo,
     Partitioning,
     Ping,
     PollMessages,
     PurgeStream,
     PurgeTopic,
-    Reader,
     StoreConsumerOffset,
-    StreamDetails,
-    StreamInfo,
-    TopicDetails,
-    TopicInfo,
     UpdatePermissions,
     UpdateStream,
     UpdateUser,
-    UserDetails,
-    UserInfo,
-    Writer,
-    encode_identifier,
+)
+from tidelog.wire.user_headers import (
+    _HEADER_FIXED_SIZES,  # the 4.4 size column; 0.9 uses the same kinds (user_headers.py keeps it private)
 )
 from tidelog.wire.v09.codes import CommandCode, Status09
 
