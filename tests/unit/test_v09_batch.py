@@ -638,6 +638,24 @@ def test_v09_to_v08_given_any_records_when_converted_in_c_should_equal_the_refer
     assert native == reference
 
 
+def test_v09_to_v08_given_no_checksums_when_converted_should_leave_them_0_on_both_paths() -> None:
+    log = _build([(7, b"abc", b"", 0), (8, b"de", b"", 3)], base_offset=5, base_timestamp=STAMPED_US)
+
+    def convert() -> tuple[bytes, bytes]:
+        parsed = parse_records(log)
+        return bytes(v09_to_v08(parsed, checksums=False)[0]), bytes(v09_to_v08(parsed)[0])
+
+    results = _both_kernels(convert)
+    assert results[0] == results[1] or _KERNEL is None
+    bare, full = results[-1]  # type: ignore[misc]
+    ends = [64 + 3, 64 + 3 + 64 + 2]
+    assert [bare[s : s + 8] for s in (0, ends[0])] == [bytes(8)] * 2
+    # Everything but the checksums agrees with the full conversion, whose checksums are set.
+    assert [bare[s + 8 : e] for s, e in ((0, ends[0]), (ends[0], ends[1]))] == [
+        full[s + 8 : e] for s, e in ((0, ends[0]), (ends[0], ends[1]))
+    ]
+    assert batch08.verify_checksums(full, np.array(ends)) == -1
+
 def test_v09_to_v08_given_zero_ids_when_converted_in_c_should_keep_them_as_the_reference_does() -> None:
     if _KERNEL is None:
         pytest.skip("C kernel tidelog._stamp not built")

@@ -67,6 +67,7 @@ from tidelog.wire.v09.codes import (
     operation_for_code,
     reply_framing,
 )
+from tidelog.wire.v09.frames import Generation
 from tidelog.wire.v09.header import HEADER_SIZE
 
 if TYPE_CHECKING:
@@ -107,11 +108,8 @@ LATENCY_MAX_US = 3_600_000_000
 """Highest latency the histograms track (one hour): anything longer is a hung run."""
 
 
-class Protocol(StrEnum):
-    """The Iggy generation the actors speak on the measured connections."""
-
-    V09 = "0.9"
-    V08 = "0.8"
+# The Iggy generation the actors speak on the measured connections: the wire's own enum.
+Protocol = Generation
 
 
 class ActorKind(StrEnum):

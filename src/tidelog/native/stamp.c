@@ -783,17 +783,19 @@ static PyObject *to_v09(PyObject *module, PyObject *args) {
 }
 
 PyDoc_STRVAR(to_v08_doc,
-"to_v08(buf, starts, ends, out, base_offset, base_timestamp, origin_timestamp) -> None\n\n"
+"to_v08(buf, starts, ends, out, base_offset, base_timestamp, origin_timestamp, checksums) -> None\n\n"
 "Frames buf[starts[i]:ends[i]] of one parsed 0.9 batch as stored 0.8 messages written back\n"
 "to back into out (exactly their size): offset base_offset + offset_delta, the batch's\n"
 "timestamp, origin_timestamp + timestamp_delta, id, lengths and body as they are, and the\n"
-"0.8 checksum. What tidelog.wire.v09.batch.v09_to_v08 gives. Raises ValueError on bad spans.");
+"0.8 checksum (0 when checksums is false: the caller stamps the messages afterwards anyway).\n"
+"What tidelog.wire.v09.batch.v09_to_v08 gives. Raises ValueError on bad spans.");
 
 static PyObject *to_v08(PyObject *module, PyObject *args) {
     (void)module;
     PyObject *buf_obj, *starts_obj, *ends_obj, *out_obj, *base_obj, *ts_obj, *origin_obj;
-    if (!PyArg_ParseTuple(args, "OOOOOOO:to_v08", &buf_obj, &starts_obj, &ends_obj, &out_obj, &base_obj,
-                          &ts_obj, &origin_obj)) {
+    int checksums;
+    if (!PyArg_ParseTuple(args, "OOOOOOOp:to_v08", &buf_obj, &starts_obj, &ends_obj, &out_obj, &base_obj,
+                          &ts_obj, &origin_obj, &checksums)) {
         return NULL;
     }
     uint64_t base_offset, base_timestamp, origin_timestamp;
@@ -837,8 +839,9 @@ static PyObject *to_v08(PyObject *module, PyObject *args) {
             memcpy(m + USER_HEADERS_LENGTH_AT, f + 32, 8);
             memset(m + RESERVED_AT, 0, 8);
             memcpy(m + HEADER_BYTES, f + FRAME_HEADER_BYTES, (size_t)body);
-            store_le64(m + CHECKSUM_AT, XXH3_64bits(m + CHECKSUMMED_FROM,
-                                                   (size_t)(HEADER_BYTES - CHECKSUMMED_FROM + body)));
+            store_le64(m + CHECKSUM_AT, checksums ? XXH3_64bits(m + CHECKSUMMED_FROM,
+                                                               (size_t)(HEADER_BYTES - CHECKSUMMED_FROM + body))
+                                                  : 0);
             w += HEADER_BYTES + body;
         }
         Py_END_ALLOW_THREADS

@@ -470,7 +470,8 @@ class Dispatcher09:
             batch09 = parse_batch(body[meta.batch_offset :], meta.messages_count)
             # Stored as 0.8 messages: one conversion of the whole batch into a new buffer, so
             # the request buffer is free again whether or not the connection owned it.
-            buf, ends = v09_to_v08([batch09])
+            # Checksums 0: the partition stamps offsets, timestamp and checksums on append.
+            buf, ends = v09_to_v08([batch09], checksums=False)
         except BatchError as exc:
             raise IggyError(exc.status, exc.detail) from exc
         batch = wbatch.Batch(count=batch09.count, buf=memoryview(buf), ends=ends)

@@ -733,14 +733,15 @@ def _v08_to_v09_reference(
     return out
 
 
-def v09_to_v08(batches: Sequence[Batch09]) -> tuple[bytearray, np.ndarray]:
+def v09_to_v08(batches: Sequence[Batch09], *, checksums: bool = True) -> tuple[bytearray, np.ndarray]:
     """0.9 batches (parsed, e.g. by `parse_records`) as stored 0.8 messages and their ends.
 
     Per message (4.5): offset = base_offset + offset_delta, timestamp = base_timestamp,
     origin_timestamp = origin_timestamp + timestamp_delta; id, payload and user headers as
     they are; a fresh 0.8 checksum (by the C kernel when built; else REFERENCE PATH, one
     xxhash call per message). The partition id has no place in a 0.8 message and is dropped
-    (it is the partition's own).
+    (it is the partition's own). Without `checksums` every checksum is left 0: for a batch the
+    partition stamps anyway (offsets, timestamp, checksum), a hash per message saved.
     """
     size_change = MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE
     sizes = [batch.buf.nbytes - BATCH_HEADER_SIZE + size_change * batch.count for batch in batches]
@@ -749,12 +750,12 @@ def v09_to_v08(batches: Sequence[Batch09]) -> tuple[bytearray, np.ndarray]:
     all_ends: list[np.ndarray] = []
     base = 0
     for batch, size in zip(batches, sizes, strict=True):  # one step per batch, whole-batch inside
-        all_ends.append(_one_v09_to_v08(batch, mv[base : base + size]) + base)
+        all_ends.append(_one_v09_to_v08(batch, mv[base : base + size], checksums) + base)
         base += size
     return out, (np.concatenate(all_ends) if all_ends else np.empty(0, dtype=np.int64))
 
 
-def _one_v09_to_v08(batch: Batch09, out: memoryview) -> np.ndarray:
+def _one_v09_to_v08(batch: Batch09, out: memoryview, checksums: bool) -> np.ndarray:
     """Write `batch` as 0.8 messages into `out` (exactly their size); return their ends."""
     n = batch.count
     spans = batch.ends - batch.starts
@@ -772,13 +773,14 @@ def _one_v09_to_v08(batch: Batch09, out: memoryview) -> np.ndarray:
             batch.base_offset,
             batch.base_timestamp,
             batch.origin_timestamp,
+            checksums,
         )
         return out_ends
-    return _one_v09_to_v08_reference(batch, out, out_starts, out_ends)
+    return _one_v09_to_v08_reference(batch, out, out_starts, out_ends, checksums)
 
 
 def _one_v09_to_v08_reference(
-    batch: Batch09, out: memoryview, out_starts: np.ndarray, out_ends: np.ndarray
+    batch: Batch09, out: memoryview, out_starts: np.ndarray, out_ends: np.ndarray, checksums: bool
 ) -> np.ndarray:
     """REFERENCE PATH of `_one_v09_to_v08` (numpy); the C `to_v08` gives the same bytes."""
     n = batch.count
@@ -797,6 +799,8 @@ def _one_v09_to_v08_reference(
     hdr["user_headers_length"] = frames["user_headers_length"]
     hdr["payload_length"] = frames["payload_length"]
     _put_rows(a, out_starts, hdr.view(np.uint8).reshape(n, MESSAGE_HEADER_SIZE))
+    if not checksums:
+        return out_ends  # the header rows above were written with checksum 0
     # Same rule as 0.8 (hash bytes 8..end), so the same reference helper serves.
     digests = _frame_digests(out, out_starts, out_ends)
     _put_rows(a, out_starts, digests.astype("<u8").view(np.uint8).reshape(n, 8))

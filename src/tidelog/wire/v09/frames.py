@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 from tidelog.wire.codes import KNOWN_COMMANDS as KNOWN_COMMANDS_08
 from tidelog.wire.codes import Status
@@ -58,8 +58,8 @@ _EMPTY = memoryview(b"")
 # --- one-port generation detection ------------------------------------------------------
 
 
-class Generation(Enum):
-    """Which framing a connection speaks."""
+class Generation(StrEnum):
+    """Which framing a connection speaks (its value is how users name it: "0.9", "0.8")."""
 
     V08 = "0.8"  # classic [length u32][code u32][payload] (0.8 reference 1.2, appendix A)
     V09 = "0.9"  # 256-byte VSR header + body (section 1.2)
