@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import uuid
+from typing import TypeAlias
 
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.codes import PROTOCOL_VERSION, CommandCode, Operation
 
 SDK_VERSION = f.ClientVersionInfo(PROTOCOL_VERSION, "rust-sdk", "0.11.0")
-Answer = f.ReplyReceived | f.EvictionReceived
+Answer: TypeAlias = f.ReplyReceived | f.EvictionReceived
 
 
 class Closed(ConnectionError):

@@ -19,7 +19,6 @@ from tidelog.wire.framing import (
     encode_request,
     error_frame,
     ok_header,
-    parse_request_header,
 )
 from tidelog.wire.primitives import (
     Consumer,
@@ -127,7 +126,7 @@ LOGIN = h("1c000000 26000000 04 69676779 04 69676779 06000000 302e31302e30 00000
 
 def test_login_user_given_captured_frame_when_decoded_should_give_iggy_credentials() -> None:
     code, payload = split_request(LOGIN)
-    assert parse_request_header(LOGIN[:8]) == (24, Command.LOGIN_USER)  # length 28 - code
+    assert (code, len(payload)) == (Command.LOGIN_USER, 24)  # length 28 - code
     assert decode_request(code, payload) == LoginUser("iggy", "iggy", "0.10.0", "")
 
 

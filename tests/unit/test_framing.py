@@ -9,12 +9,15 @@ from hypothesis import strategies as st
 
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, Command, IggyError, Status
 from tidelog.wire.framing import (
+    ClientFraming,
     FrameDecoder,
+    FramingError,
+    ReplyReceived,
+    RequestReceived,
+    ServerFraming,
     encode_request,
     error_frame,
     ok_header,
-    parse_request_header,
-    parse_response_header,
     payload_limit,
 )
 
@@ -26,24 +29,28 @@ def frames_as_bytes(frames: list[tuple[int, memoryview]]) -> list[tuple[int, byt
 # --- headers ----------------------------------------------------------------------------------
 
 
-def test_parse_request_header_given_login_header_should_return_payload_length_and_code() -> None:
-    assert parse_request_header(bytes.fromhex("1c000000 26000000")) == (24, Command.LOGIN_USER)
+def test_request_header_given_login_header_should_ask_for_its_24_byte_payload() -> None:
+    machine = ServerFraming()
+    assert machine.take(memoryview(bytes.fromhex("1c000000 26000000"))) is None
+    assert machine.reading_body and machine.bytes_needed == 24
+    assert machine.feed(bytes(24)) == [RequestReceived(Command.LOGIN_USER, memoryview(bytes(24)))]
 
 
-def test_parse_request_header_given_length_4_should_mean_empty_payload() -> None:
-    assert parse_request_header(struct.pack("<II", 4, 1)) == (0, 1)
+def test_request_header_given_length_4_should_mean_empty_payload() -> None:
+    assert ServerFraming().feed(struct.pack("<II", 4, 1)) == [RequestReceived(1, memoryview(b""))]
 
 
 @pytest.mark.parametrize("length", [0, 1, 2, 3])
-def test_parse_request_header_given_length_below_4_should_raise_invalid_command(length: int) -> None:
-    with pytest.raises(IggyError) as err:
-        parse_request_header(struct.pack("<II", length, 1))
-    assert err.value.status == Status.INVALID_COMMAND
+def test_request_header_given_length_below_4_should_fail_invalid_command_and_close(length: int) -> None:
+    machine = ServerFraming()
+    [event] = machine.feed(struct.pack("<II", length, 1))
+    assert isinstance(event, FramingError) and event.status == Status.INVALID_COMMAND
+    assert machine.closed
 
 
-def test_parse_request_header_given_memoryview_should_read_it() -> None:
-    header = memoryview(bytearray(struct.pack("<II", 9, 202)))
-    assert parse_request_header(header) == (5, 202)
+def test_request_header_given_memoryview_should_read_it() -> None:
+    frame = memoryview(bytearray(struct.pack("<II", 9, 202) + b"12345"))
+    assert ServerFraming().feed(frame) == [RequestReceived(202, memoryview(b"12345"))]
 
 
 def test_payload_limit_given_control_code_should_be_10_mib() -> None:
@@ -59,12 +66,12 @@ def test_payload_limit_given_send_messages_should_use_configured_limit() -> None
 def test_encode_request_given_payload_should_prefix_length_counting_the_code() -> None:
     frame = encode_request(Command.CREATE_STREAM, b"\x04test")
     assert frame == bytes.fromhex("09000000 ca000000 04 74657374")
-    assert parse_request_header(frame[:8]) == (5, Command.CREATE_STREAM)
+    assert ServerFraming().feed(frame) == [RequestReceived(Command.CREATE_STREAM, memoryview(b"\x04test"))]
 
 
 def test_ok_header_given_length_should_have_status_0() -> None:
     assert ok_header(37) == bytes.fromhex("00000000 25000000")
-    assert parse_response_header(ok_header(37)) == (0, 37)
+    assert ClientFraming().feed(ok_header(37) + bytes(37)) == [ReplyReceived(0, memoryview(bytes(37)))]
 
 
 def test_ok_header_given_one_byte_payload_should_refuse_it() -> None:
@@ -75,7 +82,7 @@ def test_ok_header_given_one_byte_payload_should_refuse_it() -> None:
 def test_error_frame_given_status_should_carry_zero_length() -> None:
     frame = error_frame(Status.STREAM_ID_NOT_FOUND)
     assert frame == struct.pack("<II", 1009, 0)
-    assert parse_response_header(frame) == (1009, 0)
+    assert ClientFraming().feed(frame) == [ReplyReceived(1009, memoryview(b""))]
 
 
 # --- request decoder --------------------------------------------------------------------------

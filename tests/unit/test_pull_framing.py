@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit.test_v09_header import CLIENT
+from tests.unit.test_v09_header import frame as request09
 from tidelog.wire import framing as f08
 from tidelog.wire.codes import Command, Status
 from tidelog.wire.pull import PullReader
@@ -28,10 +30,7 @@ from tidelog.wire.v09.header import (
     encode_reply_for,
     eviction_for,
     reply_header_for,
-    request_header_for,
 )
-
-CLIENT = 0x0123456789ABCDEFFEDCBA9876543210
 
 
 def pull(machine: PullReader[Any], data: bytes, sizes: Iterable[int] = ()) -> list[Any]:
@@ -56,19 +55,6 @@ def request08(code: int, payload: bytes) -> bytes:
     return f08.encode_request(code, payload)
 
 
-def request09(
-    operation: Operation = Operation.CREATE_STREAM,
-    body: bytes = b"\x0btest-stream",
-    *,
-    request: int = 1,
-    session: int = 1,
-    code: int = 0,
-    client: int = CLIENT,
-) -> bytes:
-    header = request_header_for(
-        operation, body, client=client, request=request, session=session, command_code=code
-    )
-    return header.encode() + body
 
 
 # --- 0.8 server side ---------------------------------------------------------------------------

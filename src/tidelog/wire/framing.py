@@ -38,14 +38,6 @@ _EMPTY = memoryview(b"")
 _RESPONSE_EMPTY_MAX_LENGTH = 1
 
 
-def parse_request_header(header: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """Return ``(payload_length, code)`` of an 8-byte request header."""
-    length, code = _HEADER.unpack_from(header)
-    if length < _CODE_SIZE:
-        raise IggyError(Status.INVALID_COMMAND, f"request length {length} < 4")
-    return length - _CODE_SIZE, code
-
-
 def payload_limit(code: int, send_limit_bytes: int) -> int:
     """Largest payload the server accepts for ``code``; only SendMessages has its own cap."""
     if code == Command.SEND_MESSAGES:
@@ -79,12 +71,6 @@ def error_frame(status: int) -> bytes:
 
 
 _EMPTY_OK = _HEADER.pack(Status.OK, 0)
-
-
-def parse_response_header(header: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """Return ``(status, payload_length)`` of an 8-byte response header (client side)."""
-    status, length = _HEADER.unpack_from(header)
-    return status, length
 
 
 # --- pull-style state machines (both directions) ------------------------------------------
