@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from tidelog import metadata as md
 from tidelog.server.shard import Shard
+from tidelog.storage.integrity import StoreFormat
+from tidelog.storage.partition import Partition
+from tidelog.wire.batch import Batch
+from tidelog.wire.v09.batch import Batch09, record_from_v08
 
 
 def topic_op(stream_id: int, name: str = "t", partitions: int = 1) -> md.CreateTopic:
@@ -35,3 +41,12 @@ def add_stream_and_topic(shard: Shard, partitions: int = 1, create_files: bool =
     stream = shard.apply(md.CreateStream(name="s", created_at_us=1))
     assert isinstance(stream, md.StreamMeta)
     return add_topic(shard, stream.id, partitions, create_files)
+
+
+def for_partition(part: Partition, batch: Batch) -> Batch | Batch09:
+    """A parsed 0.8 SendMessages batch in the format `part` stores (as the dispatcher
+    converts it at the edge)."""
+    if part.store_format is StoreFormat.RECORDS:
+        [record] = record_from_v08(batch.buf, batch.ends, os.urandom, part.partition_id)
+        return record
+    return batch

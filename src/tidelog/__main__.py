@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import sys
 from pathlib import Path
@@ -65,13 +66,7 @@ async def _serve(config: Config) -> int:
         + ("; created root user" if report.root_created else ""),
         flush=True,
     )
-    # The store's format did not change with the 0.9 generation (docs/v09-notes.md): nothing
-    # is rewritten, and this line says so rather than leaving it to be guessed.
-    print(
-        "tidelog upgrade: none needed: segments keep their format (0.8 messages), which both "
-        "protocol generations read; 0.9 batches are converted whole at the edge",
-        flush=True,
-    )
+    print(f"tidelog upgrade: {report.upgrade_line()}", flush=True)
     for problem in report.problems:
         print(f"tidelog recovery: {problem}", flush=True)
     for path in report.quarantined:
@@ -100,12 +95,33 @@ async def _serve(config: Config) -> int:
     return 0
 
 
+# glibc malloc: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_batch_buffers_in_the_heap() -> None:
+    """Batch-sized buffers (a 0.8 poll's read and its conversion, a request copy: a few
+    hundred KiB each) come from the heap and are reused instead of being mmapped, zeroed and
+    page-faulted afresh each time: glibc otherwise trims the heap top back to the kernel at
+    twice the last freed chunk. Measured on 0.8 polls of the record store (docs/benchmarks.md,
+    Levers). The memory kept is what the heap reached, released past 256 MiB of free top."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides=_serve_overrides(args))
     except ConfigError as exc:
         print(f"tidelog: {exc}", file=sys.stderr)
         return 2
+    _keep_batch_buffers_in_the_heap()
     if args.event_loop == "uvloop":
         import uvloop
 

@@ -23,3 +23,7 @@ def stamp(
     /,
 ) -> None: ...
 def checksums_verify(buf: _Bytes, ends: np.ndarray | memoryview, /) -> int: ...
+def records_v08(buf: _Bytes, /) -> tuple[bytearray, bytes]: ...  # (0.8 messages, int64 ends)
+def send_v09(
+    room: _Bytes, messages_at: int, ends: np.ndarray, partition_id: int, random16: _Bytes | None, /
+) -> int: ...  # 0, or 4038 (nothing changed)

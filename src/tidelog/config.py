@@ -68,6 +68,11 @@ class SystemConfig:
     # "buffered" (page cache) or "direct" (O_DIRECT segment logs; needs a filesystem that
     # supports it, checked at start).
     io: str = "buffered"
+    # The format of new segments: "0.9" (stamped 0.9 batch records, byte for byte what a 0.9
+    # poll returns: the current generation's traffic costs nothing extra) or "0.8" (0.8
+    # messages, for a deployment whose clients all speak 0.8). Existing segments keep their
+    # format, which their file names say; both generations read both.
+    store_format: str = "0.9"
     # Recently written batches kept in memory so tailing consumers never read the disk: at
     # most this much per partition, and this much in all (shared evenly among partitions).
     partition_cache_bytes: int = 32 * MIB
@@ -155,6 +160,8 @@ class Config:
             raise ConfigError("durability intervals must be positive")
         if self.system.io not in ("buffered", "direct"):
             raise ConfigError(f"system.io must be 'buffered' or 'direct', got {self.system.io!r}")
+        if self.system.store_format not in ("0.8", "0.9"):
+            raise ConfigError(f"system.store_format must be '0.8' or '0.9', got {self.system.store_format!r}")
         if self.durability.writeback_bytes < 0:
             raise ConfigError("durability.writeback_bytes must be >= 0")
         d = self.durability

@@ -16,10 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess
 from tests.wireclient import ServerClosed, StoredMessage, WireClient, verify_stored
+from tidelog.storage.integrity import LOG_FORMATS, LogFormat, StoreFormat
+from tidelog.wire.batch import INDEX_DTYPE
 from tidelog.wire.codes import Status
 
 STREAM, TOPIC = "crash", "events"
@@ -260,6 +263,17 @@ def test_stop_given_fsync_never_when_terminated_mid_traffic_should_keep_every_ac
 
 
 # ---- files damaged while the server is stopped ----------------------------------------------------
+# Over both store formats: 0.9 records (the default) and 0.8 messages. Batches of 4 are sent, so
+# in a record log every fourth offset starts a unit.
+
+
+@pytest.fixture(params=[StoreFormat.RECORDS, StoreFormat.V08], ids=["records", "v08"])
+def fmt(request: pytest.FixtureRequest) -> LogFormat:
+    return LOG_FORMATS[request.param]
+
+
+def format_env(fmt: LogFormat, env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**(env or {}), "TIDELOG_SYSTEM_STORE_FORMAT": fmt.store_format.value}
 
 
 @dataclass
@@ -270,18 +284,19 @@ class Seeded:
     partition_dir: Path
     log: bytes
     index: bytes
-    ends: list[int]  # end position of every message in the .log
+    ends: list[int]  # end position of every message in the log (from the written index)
+    fmt: LogFormat
 
     @property
     def log_path(self) -> Path:
-        return self.partition_dir / "00000000000000000000.log"
+        return self.partition_dir / self.fmt.name(0)
 
     @property
     def index_path(self) -> Path:
         return self.partition_dir / "00000000000000000000.index"
 
 
-def seed_stopped_server(srv: ServerProcess) -> Seeded:
+def seed_stopped_server(srv: ServerProcess, fmt: LogFormat) -> Seeded:
     rng = random.Random(11)
     payloads = [b"m%d-" % i + b"x" * rng.randrange(0, 200) for i in range(24)]
     with WireClient(srv.address) as client:
@@ -291,16 +306,14 @@ def seed_stopped_server(srv: ServerProcess) -> Seeded:
         for i in range(0, len(payloads), 4):
             client.send(stream_id, topic_id, 0, payloads[i : i + 4])
         stored = client.poll_all(stream_id, topic_id, 0)
+        assert [m.payload for m in stored] == payloads
     assert srv.stop() == 0
     [partition_dir] = (srv.data_dir / "streams").glob(f"{stream_id}/topics/{topic_id}/partitions/0")
-    ends, position = [], 0
-    for m in stored:
-        position += len(m.raw)
-        ends.append(position)
-    seeded = Seeded(stream_id, topic_id, payloads, partition_dir, b"", b"", ends)
+    seeded = Seeded(stream_id, topic_id, payloads, partition_dir, b"", b"", [], fmt)
     seeded.log = seeded.log_path.read_bytes()
     seeded.index = seeded.index_path.read_bytes()
-    assert len(seeded.log) == ends[-1] and len(seeded.index) == 16 * len(payloads)
+    seeded.ends = np.frombuffer(seeded.index, dtype=INDEX_DTYPE)["position"].astype(int).tolist()
+    assert len(seeded.log) == seeded.ends[-1] and len(seeded.index) == 16 * len(payloads)
     return seeded
 
 
@@ -346,13 +359,13 @@ def assert_stable_after_repair(
 
 
 def test_recovery_given_log_truncated_mid_message_when_restarted_should_cut_keep_aside_and_continue(
-    tmp_path: Path, server_factory: type[ServerProcess]
+    tmp_path: Path, server_factory: type[ServerProcess], fmt: LogFormat
 ) -> None:
-    srv = server_factory(tmp_path / "data").start()
-    seeded = seed_stopped_server(srv)
-    torn = len(seeded.payloads) // 2  # messages before it stay whole
+    srv = server_factory(tmp_path / "data", env=format_env(fmt)).start()
+    seeded = seed_stopped_server(srv, fmt)
+    torn = len(seeded.payloads) // 2  # units before it stay whole (12: a record starts there)
     start = seeded.ends[torn - 1]
-    cut_at = start + 40  # inside the header of message `torn`
+    cut_at = start + 40  # inside the header of message `torn` (of its record)
     seeded.log_path.write_bytes(seeded.log[:cut_at])
 
     again, cut, _ = check_restart(srv, server_factory, seeded, intact=torn)
@@ -363,10 +376,10 @@ def test_recovery_given_log_truncated_mid_message_when_restarted_should_cut_keep
 
 
 def test_recovery_given_garbage_appended_to_log_when_restarted_should_cut_exactly_the_garbage(
-    tmp_path: Path, server_factory: type[ServerProcess]
+    tmp_path: Path, server_factory: type[ServerProcess], fmt: LogFormat
 ) -> None:
-    srv = server_factory(tmp_path / "data").start()
-    seeded = seed_stopped_server(srv)
+    srv = server_factory(tmp_path / "data", env=format_env(fmt)).start()
+    seeded = seed_stopped_server(srv, fmt)
     garbage = random.Random(5).randbytes(333)
     seeded.log_path.write_bytes(seeded.log + garbage)
 
@@ -378,10 +391,10 @@ def test_recovery_given_garbage_appended_to_log_when_restarted_should_cut_exactl
 
 @pytest.mark.parametrize("damage", ["deleted", "zeroed", "halved"])
 def test_recovery_given_damaged_index_when_restarted_should_rebuild_it_from_the_log(
-    tmp_path: Path, server_factory: type[ServerProcess], damage: str
+    tmp_path: Path, server_factory: type[ServerProcess], damage: str, fmt: LogFormat
 ) -> None:
-    srv = server_factory(tmp_path / "data").start()
-    seeded = seed_stopped_server(srv)
+    srv = server_factory(tmp_path / "data", env=format_env(fmt)).start()
+    seeded = seed_stopped_server(srv, fmt)
     if damage == "deleted":
         seeded.index_path.unlink()
     elif damage == "zeroed":
@@ -399,9 +412,9 @@ def test_recovery_given_damaged_index_when_restarted_should_rebuild_it_from_the_
 
 
 def test_recovery_given_sealed_segment_truncated_when_polling_from_the_gap_should_skip_to_what_follows(
-    tmp_path: Path, server_factory: type[ServerProcess]
+    tmp_path: Path, server_factory: type[ServerProcess], fmt: LogFormat
 ) -> None:
-    srv = server_factory(tmp_path / "data", env=SMALL_SEGMENTS).start()
+    srv = server_factory(tmp_path / "data", env=format_env(fmt, SMALL_SEGMENTS)).start()
     with WireClient(srv.address) as client:
         client.login()
         stream_id = client.create_stream(STREAM)
@@ -410,7 +423,7 @@ def test_recovery_given_sealed_segment_truncated_when_polling_from_the_gap_shoul
             client.send(stream_id, topic_id, 0, [b"m%d-%d-" % (i, j) + bytes(200) for j in range(4)])
     assert srv.stop() == 0
     [partition_dir] = (srv.data_dir / "streams").glob(f"{stream_id}/topics/{topic_id}/partitions/0")
-    logs = sorted(partition_dir.glob("*.log"))
+    logs = sorted(partition_dir.glob(f"*{fmt.suffix}"))
     assert len(logs) > 3
     sealed = logs[1]  # a sealed segment in the middle of the chain
     sealed.write_bytes(sealed.read_bytes()[:1000])

@@ -19,7 +19,7 @@ from tests.faults import FaultPlan
 from tests.wireclient import ServerClosed, StoredMessage, WireClient, verify_stored, wait_until
 from tidelog.wire.codes import Status
 
-SEGMENT_LOGS = "*/partitions/*/*.log"  # not metadata/metadata.log
+SEGMENT_LOGS = "*/partitions/*/*.rlog"  # not metadata/metadata.log
 SEGMENT_INDEXES = "*/partitions/*/*.index"
 # (op, path, errno): a full disk on the log, an I/O error on the index, a failing log sync.
 FAILURES = {

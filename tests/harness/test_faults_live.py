@@ -12,7 +12,7 @@ from tests.faults import FaultPlan
 from tests.wireclient import WireClient
 from tidelog.wire.codes import Status
 
-SEGMENT_LOGS = "*/partitions/*/*.log"
+SEGMENT_LOGS = "*/partitions/*/*.rlog"
 
 
 def test_faults_given_slow_fdatasync_under_fsync_always_when_sending_should_delay_the_ack(

@@ -43,7 +43,7 @@ def test_poll_given_data_only_on_disk_when_polled_in_large_replies_should_return
             _, part = client.poll(stream, topic, 0, start, count)
             assert [m.payload for m in part] == payloads[start : start + count]
             verify_stored(part, start)
-    assert len(list((tmp_path / "data").glob("streams/0/topics/0/partitions/0/*.log"))) > 3
+    assert len(list((tmp_path / "data").glob("streams/0/topics/0/partitions/0/*.rlog"))) > 3
     srv.stop()
 
 

@@ -29,7 +29,7 @@ async def _client(srv: ServerProcess) -> IggyClient:
 
 
 def _segments(data_dir: Path) -> list[Path]:
-    return sorted(data_dir.glob("streams/0/topics/0/partitions/0/*.log"))
+    return sorted(data_dir.glob("streams/0/topics/0/partitions/0/*.rlog"))
 
 
 async def _wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import xxhash
 
-from tests.shardkit import add_stream_and_topic
+from tests.shardkit import add_stream_and_topic, for_partition
 from tidelog.config import Config, DurabilityConfig, FsyncPolicy
 from tidelog.server.dispatch import Dispatcher
 from tidelog.server.shard import Shard
@@ -535,7 +535,7 @@ class Server:
         self.pid = next(iter(self.shard.metadata.streams[self.stream_id].topics[self.topic_id].partitions))
         self.part = self.shard.partitions[(self.stream_id, self.topic_id, self.pid)]
         if self.part.is_empty:
-            self.part.append(batch_of(10), 1_000, os.urandom)
+            self.part.append(for_partition(self.part, batch_of(10)), 1_000, os.urandom)
             self.part.flush(fsync=True)  # durable, so pollable under `always` too
         self.dispatcher = Dispatcher(self.shard)
         self.session = self.shard.open_session(None, "test")

@@ -247,7 +247,7 @@ def test_segment_given_sealed_and_released_when_read_should_serve_from_the_index
     for lo in (0, 1, 17, 49):
         span = seg.read_span(1000 + lo, 1050, None, True, False)
         assert not span.damaged and span.count == 50 - lo
-        assert payloads_of(span.chunk, 1000 + lo) == payloads[lo:]
+        assert payloads_of(span.pieces[0], 1000 + lo) == payloads[lo:]
     assert seg.read_span(1003, 1050, 3 * 75, True, False).count == 3  # byte budget
     assert seg.read_span(1003, 1050, 10, False, False).count == 0
     assert seg.read_span(1003, 1050, 10, True, False).count == 1
@@ -273,9 +273,9 @@ def test_segment_given_range_verified_once_when_read_again_should_go_out_as_file
     seg, payloads = sealed_segment(io, tmp_path, IndexCache(1 << 20))
     seg._trusted_from = seg.messages_count
     first = seg.read_span(1010, 1020, None, True, True)
-    assert isinstance(first.chunk, bytes)  # read and verified
+    assert isinstance(first.pieces[0], bytes)  # read and verified
     again = seg.read_span(1010, 1020, None, True, True)
-    assert isinstance(again.chunk, FileRange) and payloads_of(again.chunk, 1010) == payloads[10:20]
+    assert isinstance(again.pieces[0], FileRange) and payloads_of(again.pieces[0], 1010) == payloads[10:20]
 
 
 def test_segment_given_flipped_payload_byte_when_read_should_serve_the_valid_prefix_and_quarantine(
@@ -286,11 +286,11 @@ def test_segment_given_flipped_payload_byte_when_read_should_serve_the_valid_pre
     ends = seg.ends.tolist()
     seg.log.pwrite(b"\xff", ends[12] - 1)  # last payload byte of message 12
     span = seg.read_span(1010, 1050, None, True, False)
-    assert span.damaged and span.count == 2 and payloads_of(span.chunk, 1010) == payloads[10:12]
+    assert span.damaged and span.count == 2 and payloads_of(span.pieces[0], 1010) == payloads[10:12]
     refused = seg.read_span(1012, 1050, None, True, False)
-    assert refused.damaged and refused.count == 0 and refused.chunk is None
+    assert refused.damaged and refused.count == 0 and refused.pieces == []
     after = seg.read_span(1013, 1050, None, True, False)
-    assert not after.damaged and payloads_of(after.chunk, 1013) == payloads[13:]
+    assert not after.damaged and payloads_of(after.pieces[0], 1013) == payloads[13:]
     folder = tmp_path / QUARANTINE_DIR
     kept = [n for n in io.listdir(folder)]
     assert len(kept) == 1  # reported once however often it is polled
@@ -311,7 +311,7 @@ def test_segment_given_shifted_index_position_when_read_should_rebuild_the_index
     seg._trusted_from = seg.messages_count
     for lo in (20, 21, 22):
         span = seg.read_span(1000 + lo, 1050, None, True, False)
-        assert not span.damaged and payloads_of(span.chunk, 1000 + lo) == payloads[lo:]
+        assert not span.damaged and payloads_of(span.pieces[0], 1000 + lo) == payloads[lo:]
     assert seg.index_repairs == 1
     assert index_entries(seg).tobytes() == original.tobytes()
 
@@ -340,7 +340,7 @@ def test_segment_given_damaged_index_and_log_when_read_should_refuse_never_serve
     seg.index.pwrite(damaged.tobytes(), 0)
     seg.log.pwrite(b"\xff", ends[40] - 1)  # and a payload byte of message 40
     span = seg.read_span(1029, 1050, None, True, False)
-    assert span.damaged and payloads_of(span.chunk, 1029) == payloads[29 : 29 + span.count]
+    assert span.damaged and payloads_of(span.pieces[0], 1029) == payloads[29 : 29 + span.count]
     with pytest.raises(IggyError) as refused:
         seg.offset_for_timestamp(700)
     assert refused.value.status == Status.INVALID_MESSAGE_CHECKSUM

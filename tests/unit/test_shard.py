@@ -3,13 +3,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.shardkit import add_stream_and_topic, add_topic
+from tests.shardkit import add_stream_and_topic, add_topic, for_partition
 from tidelog import metadata as md
 from tidelog.config import Config, SystemConfig
 from tidelog.server.shard import Shard
 from tidelog.storage.partition import Partition, PartitionConfig
 from tidelog.storage.writer import Writer
-from tidelog.wire.batch import parse_send_batch
+from tidelog.wire.batch import Batch, parse_send_batch
 
 MIB = 1 << 20
 
@@ -36,7 +36,7 @@ def test_shard_given_many_partitions_when_opened_should_share_the_cache_budget(t
         shard.close()
 
 
-def _batch(count: int, size: int) -> object:
+def _batch(count: int, size: int) -> Batch:
     area = bytearray()
     index = bytearray()
     for _ in range(count):
@@ -53,7 +53,7 @@ def test_partition_given_smaller_cache_budget_when_reaped_should_release_memory(
         config = PartitionConfig(flush_messages=10, cache_bytes=8 * MIB)
         part = Partition.open(tmp_path / "p", 0, config, writer=writer)
         for _ in range(20):
-            part.append(_batch(10, 1000), 1, os.urandom)  # type: ignore[arg-type]
+            part.append(for_partition(part, _batch(10, 1000)), 1, os.urandom)
         part.flush(fsync=False)
         held = part.held_bytes
         assert held > 100_000  # written batches stay cached
@@ -108,12 +108,12 @@ def test_shard_given_files_left_by_an_interrupted_delete_when_id_reused_should_s
         assert isinstance(stream, md.StreamMeta)
         old = add_topic(shard, stream.id)
         key = (stream.id, old.id, 0)
-        shard.partitions[key].append(_batch(5, 100), 1, os.urandom)  # type: ignore[arg-type]
+        shard.partitions[key].append(for_partition(shard.partitions[key], _batch(5, 100)), 1, os.urandom)
         shard.partitions[key].flush(fsync=True)
         # The delete reached the metadata log, then the process died before removing files.
         shard.apply(md.DeleteTopic(stream_id=stream.id, topic_id=old.id))
         shard.partitions.pop(key).close()
-        assert any(shard.partition_dir(key).glob("*.log"))
+        assert any(shard.partition_dir(key).glob("*.rlog"))
         new = add_topic(shard, stream.id)
         assert new.id == old.id  # the freed id is reused
         part = shard.partitions[key]

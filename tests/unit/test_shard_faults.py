@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shardkit import add_stream_and_topic
+from tests.shardkit import add_stream_and_topic, for_partition
 from tests.unit.test_partition import batch_of
 from tests.unit.test_partition_faults import FaultDisk
 from tidelog.config import Config, DurabilityConfig, FsyncPolicy
@@ -19,7 +19,7 @@ from tidelog.storage.partition import Partition
 
 
 def _shard(tmp_path: Path, disk: FaultDisk, **durability: object) -> tuple[Shard, PartitionKey]:
-    config = Config(data_dir=tmp_path, durability=DurabilityConfig(**durability))  # type: ignore[arg-type]
+    config = Config(data_dir=tmp_path, durability=DurabilityConfig(**durability))
     shard = Shard(config)
     shard.io = disk  # partitions open on it; the metadata log stays on the real disk
     shard.open()
@@ -34,7 +34,7 @@ def disk() -> Iterator[FaultDisk]:
 
 
 def _fail_now(shard: Shard, part: Partition) -> None:
-    part.append(batch_of([b"x"] * 3), 1, os.urandom)
+    part.append(for_partition(part, batch_of([b"x"] * 3)), 1, os.urandom)
     with pytest.raises(OSError):
         part.flush(fsync=True)
     assert part.failed
@@ -48,7 +48,7 @@ def test_shard_given_failed_partition_when_retry_ticks_should_back_off_then_reco
     shard, key = _shard(tmp_path, disk, retry_interval_ms=125, retry_max_interval_ms=500)
     try:
         part = shard.partitions[key]
-        disk.fail("write", "*.log", errno.ENOSPC)
+        disk.fail("write", "*.rlog", errno.ENOSPC)
         _fail_now(shard, part)
         attempts: list[float] = []
         real_retry = part.retry_failed
@@ -72,7 +72,7 @@ def test_shard_given_failed_partition_when_retry_ticks_should_back_off_then_reco
         now += 0.5
         shard.retry_failed(now)
         assert not part.failed  # the retry wrote and synced everything
-        part.append(batch_of([b"y"]), 2, os.urandom)
+        part.append(for_partition(part, batch_of([b"y"])), 2, os.urandom)
         part.flush(fsync=True)
         assert part.durable_offset == 4
     finally:
@@ -84,10 +84,11 @@ def test_shard_given_partition_that_cannot_persist_when_closed_should_return_the
 ) -> None:
     shard, key = _shard(tmp_path, disk, retry_interval_ms=10, retry_max_interval_ms=20, shutdown_retry_ms=100)
     part = shard.partitions[key]
-    part.append(batch_of([b"a", b"b"]), 1, os.urandom)
+    part.append(for_partition(part, batch_of([b"a", b"b"])), 1, os.urandom)
     part.flush(fsync=True)
-    disk.fail("write", "*.log", errno.ENOSPC)
-    part.append(batch_of([b"c", b"d", b"e"]), 1, os.urandom)  # acknowledged under interval
+    disk.fail("write", "*.rlog", errno.ENOSPC)
+    # Acknowledged under interval:
+    part.append(for_partition(part, batch_of([b"c", b"d", b"e"])), 1, os.urandom)
     lost = shard.close()
     assert lost == [Unpersisted(key, 2, 5, lost[0].reason)]
     assert "No space left" in lost[0].reason
@@ -102,8 +103,8 @@ def test_shard_given_space_returns_during_shutdown_retries_when_closed_should_pe
         tmp_path, disk, retry_interval_ms=10, retry_max_interval_ms=20, shutdown_retry_ms=5000
     )
     part = shard.partitions[key]
-    disk.fail("write", "*.log", errno.ENOSPC, times=3)  # the flush and two retries fail
-    part.append(batch_of([b"a", b"b"]), 1, os.urandom)
+    disk.fail("write", "*.rlog", errno.ENOSPC, times=3)  # the flush and two retries fail
+    part.append(for_partition(part, batch_of([b"a", b"b"])), 1, os.urandom)
     assert shard.close() == []
     disk.crash()
     again = Partition.open(shard.partition_dir(key), 0, shard.partition_config, disk)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shardkit import topic_op
+from tests.shardkit import for_partition, topic_op
 from tests.wireclient import Request
 from tidelog import metadata as md
 from tidelog.config import Config
@@ -49,7 +49,7 @@ def _seed(shard: Shard, partitions: int = 2) -> tuple[int, int]:
     assert isinstance(topic, md.TopicMeta)
     for pid in sorted(topic.partitions):
         part = shard.create_partition((stream.id, topic.id, pid))
-        part.append(_batch(5, 100), 1, os.urandom)
+        part.append(for_partition(part, _batch(5, 100)), 1, os.urandom)
         part.flush(fsync=True)
     return stream.id, topic.id
 
@@ -123,7 +123,7 @@ def test_shard_given_failing_metadata_fsync_when_changing_metadata_should_refuse
         assert [s.name for s in streams] == ["s"]
         assert dispatcher.get_topic(session, c.GetTopic(stream_id, topic_id)) is not None
         part = shard.partitions[(stream_id, topic_id, 0)]
-        part.append(_batch(3, 10), 2, os.urandom)
+        part.append(for_partition(part, _batch(3, 10)), 2, os.urandom)
         assert part.messages_count == 8
         # Group membership is runtime state, never logged: joining still works.
         _call(dispatcher, session, c.JoinConsumerGroup(stream_id, topic_id, 0))
@@ -240,7 +240,7 @@ def test_shard_given_delete_interrupted_before_its_folder_was_removed_should_rem
             m.setattr(shutil, "rmtree", lambda *a, **k: None)  # the process dies mid-delete
             shard.drop_topic(stream_id, topic_id, pids)
         assert not shard.topic_dir(stream_id, topic_id).exists()
-        assert any((tmp_path / DELETED_DIR).rglob("*.log"))
+        assert any((tmp_path / DELETED_DIR).rglob("*.rlog"))
     finally:
         shard.close()
     again = Shard(Config(data_dir=tmp_path))

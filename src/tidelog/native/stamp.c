@@ -782,6 +782,22 @@ static PyObject *to_v09(PyObject *module, PyObject *args) {
     return result;
 }
 
+/* One 0.9 frame (48-byte header, then `body` bytes) as a stored 0.8 message at m: offset
+   base_offset + offset_delta, the record's timestamp, origin + timestamp_delta, id, lengths
+   and body as they are, and the 0.8 checksum (0 without `checksum`). */
+static inline void frame_as_v08(uint8_t *m, const uint8_t *f, int64_t body, uint64_t base_offset,
+                                uint64_t base_timestamp, uint64_t origin, int checksum) {
+    memcpy(m + ID_AT, f + 8, ID_BYTES);
+    store_le64(m + OFFSET_AT, base_offset + load_le32(f + 24));
+    store_le64(m + TIMESTAMP_AT, base_timestamp);
+    store_le64(m + ORIGIN_TIMESTAMP_AT, origin + load_le32(f + 28));
+    memcpy(m + USER_HEADERS_LENGTH_AT, f + 32, 8);
+    memset(m + RESERVED_AT, 0, 8);
+    memcpy(m + HEADER_BYTES, f + FRAME_HEADER_BYTES, (size_t)body);
+    store_le64(m + CHECKSUM_AT,
+               checksum ? XXH3_64bits(m + CHECKSUMMED_FROM, (size_t)(HEADER_BYTES - CHECKSUMMED_FROM + body)) : 0);
+}
+
 PyDoc_STRVAR(to_v08_doc,
 "to_v08(buf, starts, ends, out, base_offset, base_timestamp, origin_timestamp, checksums) -> None\n\n"
 "Frames buf[starts[i]:ends[i]] of one parsed 0.9 batch as stored 0.8 messages written back\n"
@@ -829,19 +845,9 @@ static PyObject *to_v08(PyObject *module, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         int64_t w = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            const uint8_t *f = src + start_at[i];
             int64_t body = end_at[i] - start_at[i] - FRAME_HEADER_BYTES;
-            uint8_t *m = dst + w;
-            memcpy(m + ID_AT, f + 8, ID_BYTES);
-            store_le64(m + OFFSET_AT, base_offset + load_le32(f + 24));
-            store_le64(m + TIMESTAMP_AT, base_timestamp);
-            store_le64(m + ORIGIN_TIMESTAMP_AT, origin_timestamp + load_le32(f + 28));
-            memcpy(m + USER_HEADERS_LENGTH_AT, f + 32, 8);
-            memset(m + RESERVED_AT, 0, 8);
-            memcpy(m + HEADER_BYTES, f + FRAME_HEADER_BYTES, (size_t)body);
-            store_le64(m + CHECKSUM_AT, checksums ? XXH3_64bits(m + CHECKSUMMED_FROM,
-                                                               (size_t)(HEADER_BYTES - CHECKSUMMED_FROM + body))
-                                                  : 0);
+            frame_as_v08(dst + w, src + start_at[i], body, base_offset, base_timestamp, origin_timestamp,
+                         checksums);
             w += HEADER_BYTES + body;
         }
         Py_END_ALLOW_THREADS
@@ -852,6 +858,222 @@ static PyObject *to_v08(PyObject *module, PyObject *args) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(send_v09_doc,
+"send_v09(room, messages_at, ends, partition_id, random16) -> int\n\n"
+"A 0.8 SendMessages batch, the messages at room[messages_at:] ending at ends (relative to\n"
+"messages_at), turned IN PLACE into one unstamped 0.9 record at room[messages_at - 256:]\n"
+"(base offset and timestamp 0): zero ids get random16's bytes with the UUIDv4 bits (as stamp\n"
+"gives them), offset deltas 0, 1, ..., origin deltas from the minimum, frame checksums and\n"
+"the batch checksum. Frames are 16 bytes shorter than messages, so every write lands at or\n"
+"before what it reads. Returns 0, or 4038 (nothing changed) when origin timestamps spread\n"
+"over a u32 of microseconds. Raises ValueError on bad arguments or spans.");
+
+static PyObject *send_v09(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *room_obj, *ends_obj, *partition_obj, *random_obj;
+    Py_ssize_t messages_at;
+    if (!PyArg_ParseTuple(args, "OnOOO:send_v09", &room_obj, &messages_at, &ends_obj, &partition_obj,
+                          &random_obj)) {
+        return NULL;
+    }
+    uint64_t partition_id;
+    if (as_u64(partition_obj, "partition_id", &partition_id) < 0) {
+        return NULL;
+    }
+    Py_buffer room, ends_view, random;
+    if (PyObject_GetBuffer(room_obj, &room, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(ends_obj, &ends_view, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&room);
+        return NULL;
+    }
+    random.buf = NULL;
+    random.len = 0;
+    int have_random = 0;
+    if (random_obj != Py_None) {
+        if (PyObject_GetBuffer(random_obj, &random, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&ends_view);
+            PyBuffer_Release(&room);
+            return NULL;
+        }
+        have_random = 1;
+    }
+    Py_ssize_t n = ends_view.len / 8;
+    const int64_t *ends = (const int64_t *)ends_view.buf;
+    uint8_t *base = (uint8_t *)room.buf + messages_at;
+    const char *problem = NULL;
+    if (messages_at < BATCH_HEADER_BYTES || n < 1 || ends_view.len % 8 ||
+        ends[n - 1] > room.len - messages_at) {
+        problem = "send_v09: no room for the record header, or ends outside the buffer";
+    }
+    /* Pass 1 (reads only): spans, zero ids, origin spread. */
+    uint64_t lo = UINT64_MAX, hi = 0;
+    Py_ssize_t zeros = 0;
+    int64_t start = 0;
+    for (Py_ssize_t i = 0; problem == NULL && i < n; i++) {
+        const uint8_t *m = base + start;
+        if (ends[i] - start < HEADER_BYTES ||
+            HEADER_BYTES + (int64_t)load_le32(m + PAYLOAD_LENGTH_AT) +
+                    (int64_t)load_le32(m + USER_HEADERS_LENGTH_AT) != ends[i] - start) {
+            problem = "send_v09: 0.8 header lengths do not fill their spans";
+            break;
+        }
+        uint64_t origin = load_le64(m + ORIGIN_TIMESTAMP_AT);
+        lo = origin < lo ? origin : lo;
+        hi = origin > hi ? origin : hi;
+        zeros += id_is_zero(m);
+        start = ends[i];
+    }
+    if (problem == NULL && random.len != 16 * zeros) {
+        problem = "send_v09: random16 must hold 16 bytes per zero id";
+    }
+    if (problem != NULL || hi - lo > UINT32_MAX) {
+        if (have_random) PyBuffer_Release(&random);
+        PyBuffer_Release(&ends_view);
+        PyBuffer_Release(&room);
+        if (problem != NULL) {
+            PyErr_SetString(PyExc_ValueError, problem);
+            return NULL;
+        }
+        return PyLong_FromLong(STATUS09_INVALID_MESSAGE_TIMESTAMP_DELTA);
+    }
+    uint8_t *head = base - BATCH_HEADER_BYTES;
+    const uint8_t *next_random = (const uint8_t *)random.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t r = 0, w = 0; /* read position (0.8) and write position (0.9), from base */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint8_t *m = base + r;
+        int64_t body = ends[i] - r - HEADER_BYTES;
+        uint8_t id[ID_BYTES], lengths[8];
+        memcpy(id, m + ID_AT, ID_BYTES);
+        memcpy(lengths, m + USER_HEADERS_LENGTH_AT, 8);
+        uint64_t origin = load_le64(m + ORIGIN_TIMESTAMP_AT);
+        int zero = 1;
+        for (int k = 0; k < ID_BYTES; k++) zero &= id[k] == 0;
+        if (zero) {
+            memcpy(id, next_random, ID_BYTES);
+            next_random += ID_BYTES;
+            id[6] = (uint8_t)((id[6] & 0x0F) | 0x40);
+            id[8] = (uint8_t)((id[8] & 0x3F) | 0x80);
+        }
+        /* The frame goes where this message's bytes (or earlier ones) were: body first, by
+           memmove, since the two may overlap; the header fields were read above. */
+        uint8_t *f = head + BATCH_HEADER_BYTES + w;
+        memmove(f + FRAME_HEADER_BYTES, m + HEADER_BYTES, (size_t)body);
+        memcpy(f + 8, id, ID_BYTES);
+        store_le32(f + 24, (uint32_t)i);
+        store_le32(f + 28, (uint32_t)(origin - lo));
+        memcpy(f + 32, lengths, 8);
+        memset(f + 40, 0, 8);
+        store_le64(f, XXH3_64bits(f + 8, (size_t)(FRAME_HEADER_BYTES - 8 + body)));
+        w += FRAME_HEADER_BYTES + body;
+        r = ends[i];
+    }
+    memset(head, 0, BATCH_HEADER_BYTES);
+    store_le64(head + 0, partition_id);
+    store_le64(head + 24, lo);
+    store_le64(head + 32, (uint64_t)(BATCH_HEADER_BYTES + w));
+    store_le32(head + 48, (uint32_t)n);
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, head, 40);
+    XXH3_64bits_update(&state, head + 48, 4);
+    int64_t f_at = BATCH_HEADER_BYTES;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        XXH3_64bits_update(&state, head + f_at, 8);
+        f_at += ends[i] - (i ? ends[i - 1] : 0) - HEADER_BYTES + FRAME_HEADER_BYTES;
+    }
+    store_le64(head + 40, XXH3_64bits_digest(&state));
+    Py_END_ALLOW_THREADS
+    if (have_random) PyBuffer_Release(&random);
+    PyBuffer_Release(&ends_view);
+    PyBuffer_Release(&room);
+    return PyLong_FromLong(0);
+}
+
+PyDoc_STRVAR(records_v08_doc,
+"records_v08(buf) -> (out, ends)\n\n"
+"Concatenated stamped 0.9 records (a poll's records, possibly sliced: 4.5) as stored 0.8\n"
+"messages in one new bytearray, with their int64 ends (bytes): per frame what to_v08 writes,\n"
+"0.8 checksums included, walking record headers and frame lengths in C (no parse per record).\n"
+"What tidelog.wire.v09.batch.records_to_v08 gives. Raises ValueError when the records do not\n"
+"tile buf (their structure is not verified otherwise: they come from the store).");
+
+static PyObject *records_v08(PyObject *module, PyObject *args) {
+    (void)module;
+    PyObject *buf_obj;
+    if (!PyArg_ParseTuple(args, "O:records_v08", &buf_obj)) {
+        return NULL;
+    }
+    Py_buffer buf;
+    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    const uint8_t *src = (const uint8_t *)buf.buf;
+    int64_t total = buf.len, pos = 0, need = 0, messages = 0;
+    int ok = 1;
+    /* Pass 1: sizes, and every record and frame inside the buffer. */
+    while (ok && pos < total) {
+        ok = pos + BATCH_HEADER_BYTES <= total;
+        if (!ok) break;
+        uint64_t length = load_le64(src + pos + 32);
+        uint32_t count = load_le32(src + pos + 48);
+        ok = length >= BATCH_HEADER_BYTES + (uint64_t)count * FRAME_HEADER_BYTES && count > 0 &&
+             length <= (uint64_t)(total - pos);
+        if (!ok) break;
+        int64_t end = pos + (int64_t)length, f = pos + BATCH_HEADER_BYTES;
+        for (uint32_t i = 0; ok && i < count; i++) {
+            ok = f + FRAME_HEADER_BYTES <= end;
+            if (!ok) break;
+            int64_t body = (int64_t)load_le32(src + f + 32) + (int64_t)load_le32(src + f + 36);
+            f += FRAME_HEADER_BYTES + body;
+            ok = f <= end;
+            need += HEADER_BYTES + body;
+        }
+        ok = ok && f == end;
+        messages += count;
+        pos = end;
+    }
+    if (!ok) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "records_v08: the records do not tile the buffer");
+        return NULL;
+    }
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)need);
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(messages * 8));
+    if (out == NULL || ends == NULL) {
+        Py_XDECREF(out);
+        Py_XDECREF(ends);
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    uint8_t *dst = (uint8_t *)PyByteArray_AsString(out);
+    int64_t *end_at = (int64_t *)PyBytes_AsString(ends);
+    Py_BEGIN_ALLOW_THREADS
+    int64_t w = 0, k = 0;
+    pos = 0;
+    while (pos < total) {
+        const uint8_t *r = src + pos;
+        uint64_t base_offset = load_le64(r + 8), base_timestamp = load_le64(r + 16);
+        uint64_t origin = load_le64(r + 24);
+        uint32_t count = load_le32(r + 48);
+        int64_t f = pos + BATCH_HEADER_BYTES;
+        for (uint32_t i = 0; i < count; i++) {
+            const uint8_t *fr = src + f;
+            int64_t body = (int64_t)load_le32(fr + 32) + (int64_t)load_le32(fr + 36);
+            frame_as_v08(dst + w, fr, body, base_offset, base_timestamp, origin, 1);
+            w += HEADER_BYTES + body;
+            end_at[k++] = w;
+            f += FRAME_HEADER_BYTES + body;
+        }
+        pos += (int64_t)load_le64(r + 32);
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&buf);
+    return Py_BuildValue("(NN)", out, ends);
 }
 
 PyDoc_STRVAR(walk_frames_doc,
@@ -900,6 +1122,8 @@ static PyObject *walk_frames(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"walk_frames", walk_frames, METH_VARARGS, walk_frames_doc},
+    {"records_v08", records_v08, METH_VARARGS, records_v08_doc},
+    {"send_v09", send_v09, METH_VARARGS, send_v09_doc},
     {"scan", scan, METH_VARARGS, scan_doc},
     {"to_v09", to_v09, METH_VARARGS, to_v09_doc},
     {"to_v08", to_v08, METH_VARARGS, to_v08_doc},

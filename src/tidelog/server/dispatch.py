@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from tidelog import auth
@@ -31,8 +32,10 @@ from tidelog import permissions as perm
 from tidelog.config import FsyncPolicy, render_config
 from tidelog.server.connection import OK_EMPTY, Connection, Failed, Ok, RequestKey, Result
 from tidelog.server.shard import PartitionKey, Session, Shard
-from tidelog.storage.io import FileRange
-from tidelog.storage.partition import Partition
+from tidelog.storage.integrity import StoreFormat
+from tidelog.storage.io import join_pieces
+from tidelog.storage.partition import Partition, PollResult
+from tidelog.storage.segment import Piece
 from tidelog.wire import batch as wbatch
 from tidelog.wire import framing
 from tidelog.wire import requests as c
@@ -67,6 +70,15 @@ from tidelog.wire.records import (
     TopicInfo,
     UserDetails,
     UserInfo,
+)
+from tidelog.wire.v09.batch import (
+    BATCH_HEADER_SIZE,
+    Batch09,
+    BatchError,
+    record_from_v08,
+    record_in_place,
+    records_to_v08,
+    v09_to_v08,
 )
 
 log = logging.getLogger(__name__)
@@ -136,8 +148,9 @@ class Appended:
 @dataclass(frozen=True, slots=True)
 class Polled:
     header: PollHeader
-    chunks: list[memoryview | bytes | FileRange]  # stored 0.8 messages, in offset order
+    chunks: list[Piece]  # stored units of `store_format`, in offset order
     saved: Awaitable[None] | None  # the auto-commit's sync, when the reply must wait for it
+    store_format: StoreFormat = StoreFormat.V08
 
 
 def consumer_key(consumer: Consumer) -> int:
@@ -947,13 +960,17 @@ class Dispatcher:
         """Appends the batch; returns a future to await before acknowledging under fsync=always."""
         header = c.SendMessagesHeader.decode(payload)
         index = payload[header.index_offset : header.messages_offset]
-        messages = payload[header.messages_offset :]
+        at = header.messages_offset
         if not owned:
             # The journal keeps the batch buffer; a view of the connection's reusable read
-            # buffer would be overwritten by the next request.
-            messages = memoryview(bytearray(messages))
-        batch = wbatch.parse_send_batch(index, messages, header.messages_count)
-        return self.append(session, header.stream_id, header.topic_id, header.partitioning, batch).durable
+            # buffer would be overwritten by the next request. The copy keeps room before the
+            # messages for a record header (see `append`).
+            start = max(at - BATCH_HEADER_SIZE, 0)
+            payload, at = memoryview(bytearray(payload[start:])), at - start
+        batch = wbatch.parse_send_batch(index, payload[at:], header.messages_count)
+        room = (payload, at)  # the index table before the messages is free once parsed
+        appended = self.append(session, header.stream_id, header.topic_id, header.partitioning, batch, room)
+        return appended.durable
 
     def append(
         self,
@@ -961,16 +978,40 @@ class Dispatcher:
         stream_ident: int | str,
         topic_ident: int | str,
         partitioning: c.Partitioning,
-        batch: wbatch.Batch,
+        batch: wbatch.Batch | Batch09,
+        room: tuple[memoryview, int] | None = None,
     ) -> Appended:
-        """Append a validated batch to the partition `partitioning` picks."""
+        """Append a validated batch (a parsed 0.8 one, or a 0.9 record) to the partition
+        `partitioning` picks, converted whole to the partition's store format if need be.
+        `room` is (buffer, position) of a 0.8 batch's messages in a writable buffer whose
+        bytes before them may be overwritten: then the record is built in place there."""
         topic = self.topic(stream_ident, topic_ident)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
         pid = self._choose_partition(topic, partitioning)
         key, part = self.partition(topic, pid)
         durable = None
+        batches: list[wbatch.Batch] | list[Batch09] = [batch]  # type: ignore[assignment]
         try:
-            last = part.append(batch, self.shard.clock_us(), self.shard.random_bytes)
+            if part.store_format is StoreFormat.RECORDS and isinstance(batch, wbatch.Batch):
+                record = None
+                if room is not None:
+                    record = record_in_place(*room, batch.ends, self.shard.random_bytes, pid)
+                # Else a new buffer: one record, or several when origins spread over u32 µs.
+                batches = (
+                    [record]
+                    if record is not None
+                    else record_from_v08(batch.buf, batch.ends, self.shard.random_bytes, pid)
+                )
+            elif part.store_format is StoreFormat.V08 and isinstance(batch, Batch09):
+                # Checksums 0: the partition stamps offsets, timestamp and checksums.
+                buf, ends = v09_to_v08([batch], checksums=False)
+                batches = [wbatch.Batch(count=batch.count, buf=memoryview(buf), ends=ends)]
+        except BatchError as exc:
+            raise IggyError(exc.status, exc.detail) from exc
+        try:
+            now_us = self.shard.clock_us()
+            for each in batches:
+                last = part.append(each, now_us, self.shard.random_bytes)
             # A 0.9 topic created with durability=persisted syncs every send, whatever the
             # server's policy (docs/v09-notes.md, "Topic durability").
             if self.fsync_always or topic.durability == PERSISTED:
@@ -1009,16 +1050,22 @@ class Dispatcher:
             await asyncio.wrap_future(part.offsets.sync())
 
     def poll_messages(self, session: Session, req: c.PollMessages) -> Result | Awaitable[Result]:
-        polled = self.poll(session, req, file_ranges=True)
+        polled = self.poll(session, req, file_ranges=True, as_v08=True)
         reply = self._poll_reply(polled.header, polled.chunks)
         return reply if polled.saved is None else _after(polled.saved, reply)
 
     def poll(
-        self, session: Session, req: c.PollMessages, file_ranges: bool, stale_partition_id: int = 0
+        self,
+        session: Session,
+        req: c.PollMessages,
+        file_ranges: bool,
+        stale_partition_id: int = 0,
+        as_v08: bool = False,
     ) -> Polled:
-        """The messages a poll answers with, as stored (0.8 messages), and the auto-commit
-        to wait for before replying. A group member asking for a partition it does not own
-        gets an empty answer naming `stale_partition_id`."""
+        """The messages a poll answers with, as stored (or, with `as_v08`, as 0.8 messages
+        whatever the store's format), and the auto-commit to wait for before replying. A
+        group member asking for a partition it does not own gets an empty answer naming
+        `stale_partition_id`."""
         topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         consumer = req.consumer
@@ -1047,10 +1094,24 @@ class Dispatcher:
         # ranges are valid only until the next mutation, so it then carries bytes.
         deferred = req.auto_commit and self.fsync_always
         result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=file_ranges and not deferred)
+        if as_v08 and result.store_format is StoreFormat.RECORDS and result.count:
+            result = self._records_as_v08(result)
         saved = None
         if req.auto_commit and result.count:
             saved = _when_saved(part.store_offset(kind, ckey, result.first_offset + result.count - 1))
-        return Polled(PollHeader(pid, part.current_offset, result.count), result.chunks, saved)
+        header = PollHeader(pid, part.current_offset, result.count)
+        return Polled(header, result.chunks, saved, result.store_format)
+
+    def _records_as_v08(self, result: PollResult) -> PollResult:
+        """Polled 0.9 records as 0.8 messages (one whole-buffer conversion, C kernel), within
+        the reply cap: a 0.8 message is 16 bytes longer than its frame, so the last few
+        messages the stored bytes fitted may not fit converted (at least one stays)."""
+        data, ends = records_to_v08(join_pieces(result.chunks))
+        assert len(ends) == result.count
+        keep = max(int(np.searchsorted(ends, self.max_poll_bytes, side="right")), 1)
+        return PollResult(
+            result.first_offset, keep, [memoryview(data)[: int(ends[keep - 1])]], StoreFormat.V08
+        )
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind
@@ -1066,5 +1127,5 @@ class Dispatcher:
         stored = part.get_offset(kind, ckey)  # next
         return part.first_offset if stored is None else stored + 1
 
-    def _poll_reply(self, header: PollHeader, chunks: list[memoryview | bytes | FileRange]) -> Result:
+    def _poll_reply(self, header: PollHeader, chunks: list[Piece]) -> Result:
         return Ok([header.encode(), *chunks])

@@ -25,14 +25,16 @@ from tidelog import metadata as md
 from tidelog.server.connection import OK_EMPTY, Close, Connection, Evicted, Failed, Ok, RequestKey, Result
 from tidelog.server.dispatch import METADATA_COMMANDS, Dispatcher, _after
 from tidelog.server.shard import Session
-from tidelog.storage.io import FileRange
+from tidelog.storage.integrity import StoreFormat
+from tidelog.storage.io import join_pieces
+from tidelog.storage.segment import Piece
 from tidelog.wire import batch as wbatch
 from tidelog.wire import requests as c
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, U32_MAX, IggyError, Status
 from tidelog.wire.primitives import identifier_from_user
 from tidelog.wire.v09 import bodies as b
 from tidelog.wire.v09 import frames as f
-from tidelog.wire.v09.batch import BatchError, parse_batch, v08_to_v09, v09_to_v08
+from tidelog.wire.v09.batch import BatchError, parse_batch, v08_to_v09
 from tidelog.wire.v09.codes import (
     OPERATION_FOR_CODE,
     PROTOCOL_VERSION,
@@ -466,15 +468,15 @@ class Dispatcher09:
         self, session: Session, header: RequestHeader, body: memoryview, owned: bool
     ) -> Result | Awaitable[Result]:
         meta = b.SendMessages09Header.decode(body)
+        batch_bytes = body[meta.batch_offset :]
+        if not owned:
+            # The partition keeps the record's buffer (stored as it came, once stamped); a view
+            # of the connection's reusable read buffer would be overwritten by the next request.
+            batch_bytes = memoryview(bytearray(batch_bytes))
         try:
-            batch09 = parse_batch(body[meta.batch_offset :], meta.messages_count)
-            # Stored as 0.8 messages: one conversion of the whole batch into a new buffer, so
-            # the request buffer is free again whether or not the connection owned it.
-            # Checksums 0: the partition stamps offsets, timestamp and checksums on append.
-            buf, ends = v09_to_v08([batch09], checksums=False)
+            batch = parse_batch(batch_bytes, meta.messages_count)
         except BatchError as exc:
             raise IggyError(exc.status, exc.detail) from exc
-        batch = wbatch.Batch(count=batch09.count, buf=memoryview(buf), ends=ends)
         try:
             appended = self.base.append(session, meta.stream_id, meta.topic_id, meta.partitioning, batch)
         except IggyError as exc:
@@ -503,21 +505,23 @@ class Dispatcher09:
             # Group members poll explicit partitions from their synced assignment (5.4).
             raise IggyError(Status.INVALID_IDENTIFIER, "a consumer-group poll names its partition")
         polled = self.base.poll(
-            session, req, file_ranges=False, stale_partition_id=STALE_ASSIGNMENT_PARTITION_ID
+            session, req, file_ranges=True, stale_partition_id=STALE_ASSIGNMENT_PARTITION_ID
         )
         head = polled.header.encode()
-        records = (
-            self._records(polled.chunks, polled.header.partition_id) if polled.header.messages_count else b""
-        )
-        reply = Ok([head, records] if records else [head])
+        if not polled.header.messages_count:
+            reply = Ok([head])
+        elif polled.store_format is StoreFormat.RECORDS:
+            # Stored as served: file ranges go out with sendfile, memory as views.
+            reply = Ok([head, *polled.chunks])
+        else:
+            reply = Ok([head, self._records(polled.chunks, polled.header.partition_id)])
         return reply if polled.saved is None else _after(polled.saved, reply)
 
     @staticmethod
-    def _records(chunks: list[memoryview | bytes | FileRange], partition_id: int) -> bytes | bytearray:
+    def _records(chunks: list[Piece], partition_id: int) -> bytes | bytearray:
         """Stored 0.8 messages as 0.9 records: one per run of messages sharing a broker
         timestamp, i.e. one per batch as it was sent."""
-        parts = [piece.read() if isinstance(piece, FileRange) else piece for piece in chunks]
-        stored = parts[0] if len(parts) == 1 else b"".join(parts)
+        stored = join_pieces(chunks)
         ends, valid = wbatch.scan_messages(stored, verify_checksums=False)
         assert valid == len(stored), "a poll returns whole stored messages"
         return v08_to_v09(stored, ends, partition_id)

@@ -35,6 +35,7 @@ from tidelog.metadata import (
 from tidelog.permissions import ROOT_PERMISSIONS
 from tidelog.server.connection import Connection
 from tidelog.storage.index_cache import IndexCache
+from tidelog.storage.integrity import StoreFormat
 from tidelog.storage.io import BufferedIO, DirectIO, FileIO
 from tidelog.storage.metalog import MetaLog, MetaLogBroken, MetaLogCorruption
 from tidelog.storage.partition import Partition, PartitionConfig
@@ -122,6 +123,31 @@ class StartupReport:
     # line in `problems` saying why.
     orphans: list[Path] = field(default_factory=list)
     root_created: bool = False
+    # Segments holding messages, by the format their files are in (see `upgrade_line`).
+    segments_by_format: dict[StoreFormat, int] = field(default_factory=dict)
+    store_format: StoreFormat = StoreFormat.RECORDS  # what new segments get
+
+    def upgrade_line(self) -> str:
+        """What the start did about the store format, for the start-up report: nothing is
+        ever rewritten; each segment's file name says its format, both generations read
+        both, and new segments get `store_format`."""
+        other = next(f for f in StoreFormat if f is not self.store_format)
+        kept = self.segments_by_format.get(other, 0)
+        current = self.segments_by_format.get(self.store_format, 0)
+        if not kept:
+            return (
+                f"none needed: every segment ({current}) is in the configured store format "
+                f"({self.store_format} {_FORMAT_NAMES[self.store_format]})"
+            )
+        return (
+            f"{kept} segments in the {other} format ({_FORMAT_NAMES[other]}) kept as they are and "
+            f"read by both generations; {current} in the configured {self.store_format} format; "
+            f"appends go to segments in the {self.store_format} format "
+            f"({_FORMAT_NAMES[self.store_format]}); nothing was rewritten"
+        )
+
+
+_FORMAT_NAMES = {StoreFormat.RECORDS: "0.9 batch records", StoreFormat.V08: "0.8 messages"}
 
 
 class Shard:
@@ -157,6 +183,7 @@ class Shard:
             offsets_fsync=config.durability.fsync is FsyncPolicy.ALWAYS,
             verify_checksums_on_open=config.system.verify_checksums_on_open,
             cache_bytes=config.system.partition_cache_bytes,
+            store_format=StoreFormat(config.system.store_format),
             # interval/always: acknowledged batches stay in memory until synced, so a failed
             # write or sync can write them again (`_share_cache` sets each partition's share).
             # never: nothing is synced on a schedule, so nothing is held for it.
@@ -234,6 +261,7 @@ class Shard:
             report.root_created = True
         # Before any partition opens (opening creates missing folders): what metadata names
         # is decided by metadata alone.
+        report.store_format = self.partition_config.store_format
         self._sweep_deleted(report)
         self._quarantine_orphans(report)
         for stream in self.metadata.streams.values():
@@ -247,6 +275,10 @@ class Shard:
                     report.partitions += 1
                     report.messages += part.messages_count
                     report.segments += part.segments_count
+                    for segment in part.segments:
+                        if not segment.is_empty:
+                            fmt = segment.fmt.store_format
+                            report.segments_by_format[fmt] = report.segments_by_format.get(fmt, 0) + 1
                     report.truncated_bytes += rec.truncated_bytes
                     report.rebuilt_indexes += rec.rebuilt_indexes
                     report.quarantined.extend(rec.quarantined)

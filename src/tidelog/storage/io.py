@@ -101,6 +101,14 @@ class FileRange:
         return _pread_fd(self.fd, self.length, self.offset)
 
 
+def join_pieces(pieces: Sequence[bytes | bytearray | memoryview | FileRange]) -> bytes | memoryview:
+    """The bytes of reply pieces in order, file ranges read (one piece: no join copy)."""
+    parts = [piece.read() if isinstance(piece, FileRange) else piece for piece in pieces]
+    if len(parts) == 1:
+        return parts[0] if isinstance(parts[0], bytes | memoryview) else memoryview(parts[0])
+    return b"".join(parts)
+
+
 class FileIO(ABC):
     """A storage backend: opens files and does the directory operations storage needs."""
 

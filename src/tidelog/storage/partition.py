@@ -82,12 +82,13 @@ from pathlib import Path
 import numpy as np
 
 from tidelog.storage.index_cache import IndexCache
-from tidelog.storage.io import BufferedIO, File, FileIO, FileRange
+from tidelog.storage.integrity import LOG_FORMATS, RECORD_LOG, LogFormat, StoreFormat
+from tidelog.storage.io import BufferedIO, File, FileIO
 from tidelog.storage.offsets import CONSUMER_KIND as CONSUMER_KIND
 from tidelog.storage.offsets import GROUP_KIND as GROUP_KIND
 from tidelog.storage.offsets import OffsetStore
 from tidelog.storage.recovery import QUARANTINE_DIR, RecoveryReport, recover
-from tidelog.storage.segment import Segment
+from tidelog.storage.segment import Piece, Segment
 from tidelog.storage.writer import (
     Lane,
     Op,
@@ -102,6 +103,7 @@ from tidelog.storage.writer import (
 )
 from tidelog.wire.batch import Batch, stamp, storage_index
 from tidelog.wire.codes import INDEX_ENTRY_SIZE, U32_MAX, U64_MAX, IggyError, Status
+from tidelog.wire.v09.batch import BATCH_HEADER_SIZE, Batch09, slice_record_head, stamp_batch
 
 # Evicted entries at the front of the memory lists are cut off in one go past this many.
 _COMPACT_AT = 256
@@ -125,6 +127,8 @@ class PartitionConfig:
     max_unsynced_bytes: int = 0
     # Polls and counts cover durable offsets only (fsync = always); needs max_unsynced_bytes.
     durable_polls: bool = False
+    # The format of new segments (integrity.StoreFormat); older ones keep theirs.
+    store_format: StoreFormat = StoreFormat.V08
 
     def __post_init__(self) -> None:
         # Index positions are u32, so a segment (plus the batch that crosses its limit)
@@ -138,9 +142,13 @@ class PartitionConfig:
 
 @dataclass
 class PollResult:
+    """`chunks` are stored units of `store_format` in offset order (0.9 records, some cut
+    with a rewritten header, or 0.8 messages): a poll never mixes formats."""
+
     first_offset: int
     count: int
-    chunks: list[memoryview | bytes | FileRange]
+    chunks: list[Piece]
+    store_format: StoreFormat = StoreFormat.V08
 
     @property
     def size_bytes(self) -> int:
@@ -212,6 +220,7 @@ class Partition:
         self.directory = directory
         self.partition_id = partition_id
         self.config = config
+        self.log_format: LogFormat = LOG_FORMATS[config.store_format]
         self.io = io
         self.recovery = recovery
         self._segments = segments
@@ -278,15 +287,28 @@ class Partition:
         io = io or BufferedIO()
         io.makedirs(directory)
         cache = index_cache if index_cache is not None else IndexCache(DEFAULT_INDEX_CACHE_BYTES)
-        segments, report = recover(io, directory, config.verify_checksums_on_open, cache)
+        fmt = LOG_FORMATS[config.store_format]
+        segments, report = recover(io, directory, config.verify_checksums_on_open, cache, fmt)
         part = cls(directory, partition_id, config, io, segments, report, writer, cache)
         part.offsets.load(part.next_offset, report)
         part._sync_recovered()
-        if part._active.size_bytes >= config.segment_size_bytes:
-            # The size limit may have shrunk since the last run.
+        active = part._active
+        if active.fmt is not fmt and active.is_empty:
+            # An empty segment of the other format: the next one starts here in this one.
+            active.delete()
+            part._segments[-1] = Segment.create(io, directory, active.start_offset, cache, fmt)
+            io.fsync_dir(directory)
+        elif active.fmt is not fmt or active.size_bytes >= config.segment_size_bytes:
+            # Appends go to a segment of the configured format (older segments keep theirs,
+            # their names say which); or the size limit shrank since the last run.
             run_ops(part._rotate_ops(part.next_offset))
             part._release_written_indexes()
         return part
+
+    @property
+    def store_format(self) -> StoreFormat:
+        """The format `append` takes (that of the active segment)."""
+        return self.log_format.store_format
 
     def _sync_recovered(self) -> None:
         """Sync the logs an earlier run may have left unsynced (a kill -9 leaves its writes in
@@ -382,16 +404,26 @@ class Partition:
         return max(floor, self.first_offset), self.next_offset
 
     # ---- write path ----------------------------------------------------------------------
-    def append(self, batch: Batch, now_us: int, random_bytes: Callable[[int], bytes]) -> int:
+    def append(self, batch: Batch | Batch09, now_us: int, random_bytes: Callable[[int], bytes]) -> int:
         """Stamp `batch` in place, keep its buffer, flush (or submit a flush) when due;
-        return the offset of its last message."""
+        return the offset of its last message. `batch` is in `store_format`: a parsed 0.8
+        SendMessages batch, or one 0.9 record (`Batch09`, as parsed from a send)."""
         assert not self._closed and batch.count > 0
         if self._jobs:
             self.reap()
         self._check_writable()
-        timestamp_us = max(now_us, self._last_timestamp_us)
         base = self.next_offset
-        stamp(batch, base, timestamp_us, random_bytes)
+        if self.log_format is RECORD_LOG:
+            assert isinstance(batch, Batch09)
+            # Every record later than the one before: the index finds records by their runs
+            # of equal timestamps (integrity.LogFormat.unit_bounds).
+            timestamp_us = max(now_us, self._last_timestamp_us + 1)
+            stamp_batch(batch, self.partition_id, base, timestamp_us)
+            batch = Batch(count=batch.count, buf=batch.buf, ends=batch.ends)
+        else:
+            assert isinstance(batch, Batch)
+            timestamp_us = max(now_us, self._last_timestamp_us)
+            stamp(batch, base, timestamp_us, random_bytes)
         self._mem.append(_Pending(batch, base, timestamp_us))
         self._mem_bases.append(base)
         self.next_offset = base + batch.count
@@ -704,7 +736,8 @@ class Partition:
     def _rotate_ops(self, start_offset: int) -> list[Op]:
         old = self._active
         assert start_offset == old.next_offset
-        new = Segment.create(self.io, self.directory, start_offset)  # may fail: nothing changed yet
+        # May fail: nothing changed yet.
+        new = Segment.create(self.io, self.directory, start_offset, fmt=self.log_format)
         old.seal()
         self._dirty.pop(id(old.log), None)
         self._dirty_index.pop(id(old.index), None)
@@ -797,9 +830,10 @@ class Partition:
         # With durable_polls nothing past the durable offset goes out (see the module docstring).
         end = min(start + max(count, 0), self._visible_end)
         if start >= end:
-            return PollResult(start_offset, 0, [])
+            return PollResult(start_offset, 0, [], self.store_format)
         budget = max_bytes  # None: unbounded
-        chunks: list[memoryview | bytes | FileRange] = []
+        chunks: list[Piece] = []
+        fmt: LogFormat | None = None  # of what the reply holds so far: one format per poll
         first: int | None = None
         got = 0
         stopped = False  # the byte budget ran out
@@ -814,11 +848,14 @@ class Partition:
                 lo, hi = max(start, segment.start_offset), min(disk_end, segment.next_offset)
                 if lo >= hi:
                     continue  # an empty segment, or a gap left by recovery
-                # Verified unless known good; stops before a message that fails.
+                if fmt is not None and segment.fmt is not fmt:
+                    stopped = True  # the next poll starts at the other format
+                    break
+                # Verified unless known good; stops before a unit that fails.
                 span = segment.read_span(lo, hi, budget, got == 0, file_ranges)
                 if span.count:
-                    assert span.chunk is not None
-                    chunks.append(span.chunk)
+                    chunks.extend(span.pieces)
+                    fmt = segment.fmt
                     first = lo if first is None else first
                     got += span.count
                     if budget is not None:
@@ -834,7 +871,11 @@ class Partition:
                 stopped = span.count < hi - lo
                 if stopped:
                     break
+        if fmt is not None and fmt is not self.log_format:
+            stopped = True  # memory holds the active format only
         if end > mem_start and not stopped:
+            fmt = self.log_format
+            records = fmt is RECORD_LOG
             lo = max(start, mem_start)
             for i in range(bisect.bisect_right(bases, lo, head) - 1, len(mem)):
                 p = mem[i]
@@ -851,14 +892,23 @@ class Partition:
                     b = a + n
                 lo_byte = int(ends[a - 1]) if a else 0
                 hi_byte = int(ends[b - 1])
-                chunks.append(p.batch.buf[lo_byte:hi_byte])
+                buf = p.batch.buf
+                if records and (a or b < p.batch.count):
+                    # A cut record: its frames in range with a rewritten header (0.9, 4.5).
+                    lo_byte = max(lo_byte, BATCH_HEADER_SIZE)
+                    frames = buf[lo_byte:hi_byte]
+                    chunks.append(slice_record_head(buf[:BATCH_HEADER_SIZE], frames, ends[a:b] - lo_byte))
+                    chunks.append(frames)
+                else:
+                    chunks.append(buf[lo_byte:hi_byte])
                 if budget is not None:
                     budget -= hi_byte - lo_byte
                 first = p.base_offset + a if first is None else first
                 got += b - a
                 if stopped:
                     break
-        return PollResult(first if first is not None else start_offset, got, chunks)
+        store_format = (fmt or self.log_format).store_format
+        return PollResult(first if first is not None else start_offset, got, chunks, store_format)
 
     def offset_for_timestamp(self, timestamp_us: int) -> int | None:
         """First offset whose server timestamp >= `timestamp_us`, or None. The segment checks
@@ -950,7 +1000,7 @@ class Partition:
         self.unflushed_messages = self.unflushed_bytes = 0
         self._dirty.clear()
         self._dirty_index.clear()
-        self._segments = [Segment.create(self.io, self.directory, 0)]
+        self._segments = [Segment.create(self.io, self.directory, 0, fmt=self.log_format)]
         self._segment_starts = [0]
         self._dir_dirty = True
         self.next_offset = self._written_offset = self._durable_offset = 0

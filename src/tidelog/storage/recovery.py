@@ -1,6 +1,7 @@
 """Open-time checks of a partition's segments. The log is the truth; indexes are caches.
 
-For each `{start:020}.log`, in name order:
+For each segment log, `{start:020}.rlog` (0.9 records) or `{start:020}.log` (0.8 messages),
+in offset order (the checks below work on the log's units: see `integrity.LogFormat`):
 
 1. The `.index` entries are taken while they are sane: relative offsets dense from 0, end
    positions rising by at least one header and within the physical .log length. A missing,
@@ -22,7 +23,7 @@ For each `{start:020}.log`, in name order:
 4. After the last indexed message the bytes are always scanned with checksums, so messages
    written before a crash that lost their index entries come back. What follows the last
    valid message is a torn or zeroed tail: it is cut from the .log after being copied to
-   `quarantine/{segment}.log.{reason}-{n}`; nothing is dropped silently. The physical length
+   `quarantine/{segment log name}.{reason}-{n}`; nothing is dropped silently. The physical length
    is only an upper bound (a padded O_DIRECT file is longer than its data).
 5. The .index is rewritten from the first entry that differs from what the log proved.
 
@@ -48,26 +49,30 @@ import numpy as np
 
 from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.integrity import (
+    LOG_FORMATS,
     QUARANTINE_DIR,
+    RECORD_LOG,
     SCAN_WINDOW_BYTES,
+    V08_LOG,
+    LogFormat,
+    UnitHead,
     find_resumption,
-    header_fields,
     index_rows,
-    message_ok,
     quarantine_copy,
+    read_head,
     scan_window,
+    unit_at,
 )
 from tidelog.storage.io import File, FileIO
 from tidelog.storage.segment import (
     INDEX_SUFFIX,
-    LOG_SUFFIX,
     Segment,
     index_name,
     log_name,
     parse_segment_name,
 )
-from tidelog.wire.batch import INDEX_DTYPE, verify_stored
-from tidelog.wire.codes import INDEX_ENTRY_SIZE, MESSAGE_HEADER_SIZE
+from tidelog.wire.batch import INDEX_DTYPE
+from tidelog.wire.codes import INDEX_ENTRY_SIZE
 
 __all__ = ["QUARANTINE_DIR", "SCAN_WINDOW_BYTES", "RecoveryReport", "recover"]
 
@@ -89,6 +94,7 @@ class RecoveryReport:
 @dataclass
 class _Found:
     start: int
+    fmt: LogFormat
     log: File
     index: File
     ends: np.ndarray  # int64 end positions in this file, as the log proved them
@@ -101,27 +107,38 @@ class _Found:
 
 
 def recover(
-    io: FileIO, directory: Path, verify_checksums: bool, cache: IndexCache | None = None
+    io: FileIO,
+    directory: Path,
+    verify_checksums: bool,
+    cache: IndexCache | None = None,
+    new_format: LogFormat = V08_LOG,
 ) -> tuple[list[Segment], RecoveryReport]:
     """Check and repair the segments under `directory`; return them oldest first (the last
-    one is the active segment, the others are sealed) with a report of what was done."""
+    one is the active segment, the others are sealed) with a report of what was done. A
+    partition with no segment gets an empty one in `new_format`."""
     report = RecoveryReport()
     cache = cache if cache is not None else IndexCache(0)
     names = io.listdir(directory)
-    log_starts = sorted(s for n in names if (s := parse_segment_name(n, LOG_SUFFIX)) is not None)
+    # Both formats sort by start; at one start (only a copy by hand makes that) the record log
+    # comes last, so the chain keeps it and cuts the other as an overlap.
+    order = list(LOG_FORMATS.values())
+    logs = sorted(
+        ((s, f) for f in order for n in names if (s := parse_segment_name(n, f.suffix)) is not None),
+        key=lambda found: (found[0], found[1] is RECORD_LOG),
+    )
     index_starts = {s for n in names if (s := parse_segment_name(n, INDEX_SUFFIX)) is not None}
-    for orphan in sorted(index_starts - set(log_starts)):
+    for orphan in sorted(index_starts - {s for s, _ in logs}):
         # An index is a cache of a log; without its log it describes nothing.
         io.unlink(directory / index_name(orphan))
-        report.problems.append(f"{index_name(orphan)}: no .log beside it, removed")
+        report.problems.append(f"{index_name(orphan)}: no log beside it, removed")
 
-    chain = _Chain(io, directory, cache, report)
-    split_off: set[int] = set()
-    for s in log_starts:
-        if s in split_off:
+    chain = _Chain(io, directory, cache, report, new_format)
+    split_off: set[tuple[int, LogFormat]] = set()
+    for s, fmt in logs:
+        if (s, fmt) in split_off:
             continue  # written just now by a split of an earlier segment, already chained
-        pieces = _recover_segment(io, directory, s, s in index_starts, verify_checksums, report)
-        split_off.update(p.start for p in pieces[1:])
+        pieces = _recover_segment(io, directory, s, fmt, s in index_starts, verify_checksums, report)
+        split_off.update((p.start, fmt) for p in pieces[1:])
         for piece in pieces:
             chain.add(piece)
     segments = chain.finish()
@@ -136,36 +153,51 @@ def recover(
 class _Checks:
     """Which index entries may be taken without reading the log (see the module docstring)."""
 
-    def __init__(self, log: File, start: int, ends: np.ndarray, timestamps: np.ndarray, verify: bool) -> None:
-        self.log, self.start, self.ends, self.timestamps, self.verify = log, start, ends, timestamps, verify
+    def __init__(
+        self, fmt: LogFormat, log: File, start: int, ends: np.ndarray, timestamps: np.ndarray, verify: bool
+    ) -> None:
+        self.fmt, self.log, self.start, self.ends, self.timestamps, self.verify = (
+            fmt,
+            log,
+            start,
+            ends,
+            timestamps,
+            verify,
+        )
         self.problems: list[str] = []
         self._failing: list[int] = []
         k = len(ends)
         if verify or not k:
             return
         down = np.flatnonzero(timestamps[1:] < timestamps[:-1]).tolist()  # one of each pair is wrong
-        failing = {*down, *(i + 1 for i in down)}
         if down:
             self.problems.append(f"index timestamps go down at entry {down[0] + 1}")
+            if fmt is RECORD_LOG:
+                # Records are found by their timestamps: none of this index can be placed.
+                self._failing = [0]
+                return
+        failing = {*down, *(i + 1 for i in down)}
         for i in sorted({0, k - 1, *np.linspace(0, k - 1, SAMPLED_ENTRIES).astype(int).tolist()}):
             if not self._entry_agrees(i):
-                # Entry i - 1's end (where message i starts) is as suspect as entry i.
-                failing.update({max(i - 1, 0), i})
+                # The unit before (where this one starts) is as suspect as this one.
+                i0 = fmt.unit_bounds(timestamps, i)[0]
+                failing.update({fmt.unit_bounds(timestamps, i0 - 1)[0] if i0 else 0, i0})
                 self.problems.append(f"index entry {i} disagrees with the log")
         self._failing = sorted(failing)
 
     def _entry_agrees(self, i: int) -> bool:
-        position = int(self.ends[i - 1]) if i else 0
-        end = int(self.ends[i])
-        fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, position))
-        if fields != (self.start + i, int(self.timestamps[i]), end - position):
+        i0, i1 = self.fmt.unit_bounds(self.timestamps, i)
+        position = int(self.ends[i0 - 1]) if i0 else 0
+        end = int(self.ends[i1 - 1])
+        expected = UnitHead(self.start + i0, int(self.timestamps[i]), end - position, i1 - i0)
+        if read_head(self.fmt, self.log, position) != expected:
             return False
         # The last one is the most likely to be torn: checksum it as well.
-        return i != len(self.ends) - 1 or message_ok(self.log, self.start + i, position, end)
+        return i1 != len(self.ends) or unit_at(self.fmt, self.log, position, self.start + i0, end) is not None
 
     def trusted_run(self, i: int) -> int:
-        """The end j of the entries [i, j) to take as they are (message i starts at the
-        position the index gives for it)."""
+        """The end j of the entries [i, j) to take as they are (message i starts the unit at
+        the position the index gives for it)."""
         k = len(self.ends)
         if not self.verify:
             at = bisect.bisect_left(self._failing, i)
@@ -174,10 +206,13 @@ class _Checks:
         while i < k:
             base = int(ends[i - 1]) if i else 0
             j = i + max(int(np.searchsorted(ends[i:], base + SCAN_WINDOW_BYTES, side="right")), 1)
+            j = max(j, self.fmt.unit_bounds(timestamps, j - 1)[1])  # whole units
             data = self.log.pread(int(ends[j - 1]) - base, base)
-            bad = verify_stored(data, ends[i:j] - base, self.start + i, timestamps[i:j])
+            bad = self.fmt.verify(data, ends[i:j] - base, self.start + i, timestamps[i:j])
             if bad >= 0:
-                self.problems.append(f"message {self.start + i + bad} fails its checksum or header check")
+                self.problems.append(
+                    f"{self.fmt.unit} at offset {self.start + i + bad} fails its checksum or header check"
+                )
                 return i + bad
             i = j
         return k
@@ -208,16 +243,22 @@ class _Piece:
 
 
 def _recover_segment(
-    io: FileIO, directory: Path, start: int, has_index: bool, verify_checksums: bool, report: RecoveryReport
+    io: FileIO,
+    directory: Path,
+    start: int,
+    fmt: LogFormat,
+    has_index: bool,
+    verify_checksums: bool,
+    report: RecoveryReport,
 ) -> list[_Found]:
-    name = log_name(start)
+    name = log_name(start, fmt)
     log = io.open(directory / name)
     index = io.open(directory / index_name(start))
     physical_bytes = log.size()
     raw = index.pread(index.size(), 0)
     n_raw = len(raw) // INDEX_ENTRY_SIZE
     entries = np.frombuffer(raw, dtype=INDEX_DTYPE, count=n_raw)
-    k = _sane_prefix(entries, physical_bytes)
+    k = _sane_prefix(entries, physical_bytes, fmt.min_span_bytes)
     ends = entries["position"][:k].astype(np.int64)
     timestamps = entries["timestamp"][:k].astype(np.uint64)
     if not has_index:
@@ -226,23 +267,24 @@ def _recover_segment(
         report.problems.append(f"{name}: index sane for {k} of {n_raw} entries")
     vouched_bytes = int(ends[-1]) if k else 0
 
-    checks = _Checks(log, start, ends, timestamps, verify_checksums)
+    checks = _Checks(fmt, log, start, ends, timestamps, verify_checksums)
     pieces = [_Piece(start, 0)]
-    i, position = 0, 0  # next message (relative to start) and where it begins
+    i, position = 0, 0  # next message (relative to start) and where its unit begins
+    last_ts = -1  # records must be stamped later than the one before
     while True:
         if i < k and position == (int(ends[i - 1]) if i else 0):
             j = checks.trusted_run(i)
             if j > i:
                 pieces[-1].add(ends[i:j], timestamps[i:j], verify_checksums)
-                i, position = j, int(ends[j - 1])
-        scanned, scanned_ts = scan_window(log, position, physical_bytes, start + i)
+                i, position, last_ts = j, int(ends[j - 1]), int(timestamps[j - 1])
+        scanned, scanned_ts = scan_window(fmt, log, position, physical_bytes, start + i, last_ts)
         if len(scanned):
             pieces[-1].add(scanned, scanned_ts, True)
-            i, position = i + len(scanned), int(scanned[-1])
+            i, position, last_ts = i + len(scanned), int(scanned[-1]), int(scanned_ts[-1])
             continue
-        if position + MESSAGE_HEADER_SIZE > physical_bytes or position >= vouched_bytes:
+        if position + fmt.head_bytes > physical_bytes or position >= vouched_bytes:
             break  # the end, or a torn tail after what the index vouches for
-        resume = _resume(log, start, ends, i, position, physical_bytes)
+        resume = _resume(fmt, log, start, ends, timestamps, i, position, physical_bytes)
         if resume is None:
             break
         j, resume_at = resume
@@ -251,7 +293,7 @@ def _recover_segment(
         report.truncated_bytes += resume_at - position
         report.problems.append(
             f"{name}: cut {resume_at - position} bytes at {position} (corrupt: offsets "
-            f"{start + i}..{start + j - 1}); the messages after them move to {log_name(start + j)}"
+            f"{start + i}..{start + j - 1}); the messages after them move to {log_name(start + j, fmt)}"
         )
         pieces.append(_Piece(start + j, resume_at))
         i, position = j, resume_at
@@ -266,7 +308,7 @@ def _recover_segment(
         report.problems.append(f"{name}: cut {physical_bytes - position} bytes at {position} (torn)")
     found: list[_Found] = []
     for piece in pieces[1:]:
-        found.append(_write_piece(io, directory, log, piece))
+        found.append(_write_piece(io, directory, fmt, log, piece))
     if len(pieces) > 1:
         io.fsync_dir(directory)
     # Only now, with the later pieces durable elsewhere, may the original file shrink: a
@@ -288,13 +330,13 @@ def _recover_segment(
         log.fdatasync()
         index.fdatasync()
     trusted = 0 if verify_checksums else first.trusted_from
-    return [_Found(start, log, index, first_ends, first_ts, trusted), *found]
+    return [_Found(start, fmt, log, index, first_ends, first_ts, trusted), *found]
 
 
-def _write_piece(io: FileIO, directory: Path, source: File, piece: _Piece) -> _Found:
+def _write_piece(io: FileIO, directory: Path, fmt: LogFormat, source: File, piece: _Piece) -> _Found:
     """A new segment file holding `piece`'s bytes (copied from `source`) and its index."""
     ends, timestamps = piece.columns()
-    log = io.open(directory / log_name(piece.start))
+    log = io.open(directory / log_name(piece.start, fmt))
     index = io.open(directory / index_name(piece.start))
     log.truncate(0)
     index.truncate(0)
@@ -310,27 +352,38 @@ def _write_piece(io: FileIO, directory: Path, source: File, piece: _Piece) -> _F
     log.fdatasync()
     index.fdatasync()
     # The bytes were proven by the scan that found them, or by the index checks.
-    return _Found(piece.start, log, index, ends, timestamps, piece.trusted_from)
+    return _Found(piece.start, fmt, log, index, ends, timestamps, piece.trusted_from)
 
 
 def _resume(
-    log: File, start: int, ends: np.ndarray, i: int, position: int, physical_bytes: int
+    fmt: LogFormat,
+    log: File,
+    start: int,
+    ends: np.ndarray,
+    timestamps: np.ndarray,
+    i: int,
+    position: int,
+    physical_bytes: int,
 ) -> tuple[int, int] | None:
-    """Where good data starts again after the damaged message i at `position`, as
-    (relative offset, byte position): the next index entry whose message verifies, else the
-    next valid header with a later offset."""
+    """Where good data starts again after the damaged unit of message i at `position`, as
+    (relative offset, byte position): the next index entry starting a unit that verifies,
+    else the next valid unit head with a later offset."""
+    records = fmt is RECORD_LOG
     for j in range(i + 1, len(ends)):
+        if records and timestamps[j] == timestamps[j - 1]:
+            continue  # inside a record
         at = int(ends[j - 1])
-        if at > position and message_ok(log, start + j, at, int(ends[j])):
+        if at > position and unit_at(fmt, log, at, start + j, physical_bytes) is not None:
             return j, at
     low = start + i + 1
-    found = find_resumption(log, position, physical_bytes, low, low + (physical_bytes - position) // 64)
+    most = (physical_bytes - position) // fmt.min_span_bytes
+    found = find_resumption(fmt, log, position, physical_bytes, low, low + most)
     if found is None:
         return None
     return found[0] - start, found[1]
 
 
-def _sane_prefix(entries: np.ndarray, physical_bytes: int) -> int:
+def _sane_prefix(entries: np.ndarray, physical_bytes: int, min_span_bytes: int) -> int:
     """How many leading entries are dense, rising and inside the log."""
     n = len(entries)
     if not n:
@@ -340,7 +393,7 @@ def _sane_prefix(entries: np.ndarray, physical_bytes: int) -> int:
     previous = np.concatenate([np.zeros(1, dtype=np.int64), positions[:-1]])
     ok = (
         (relative == np.arange(n, dtype=np.int64))
-        & (positions - previous >= MESSAGE_HEADER_SIZE)
+        & (positions - previous >= min_span_bytes)
         & (positions <= physical_bytes)
     )
     return n if bool(ok.all()) else int(np.argmin(ok))
@@ -362,6 +415,7 @@ def _cut_log(
     io: FileIO,
     directory: Path,
     start: int,
+    fmt: LogFormat,
     log: File,
     keep_bytes: int,
     end_bytes: int,
@@ -369,13 +423,13 @@ def _cut_log(
     report: RecoveryReport,
 ) -> None:
     """Copy log bytes [keep_bytes, end_bytes) aside, durably, then truncate the log."""
-    path = quarantine_copy(io, directory, log_name(start), log, keep_bytes, end_bytes, reason)
+    path = quarantine_copy(io, directory, log_name(start, fmt), log, keep_bytes, end_bytes, reason)
     # Only now may the bytes leave the log: a crash before this line cuts them again later.
     log.truncate(keep_bytes)
     report.truncated_bytes += end_bytes - keep_bytes
     report.quarantined.append(path)
     report.problems.append(
-        f"{log_name(start)}: cut {end_bytes - keep_bytes} bytes at {keep_bytes} ({reason})"
+        f"{log_name(start, fmt)}: cut {end_bytes - keep_bytes} bytes at {keep_bytes} ({reason})"
     )
 
 
@@ -386,8 +440,11 @@ class _Chain:
     """Links checked segments in offset order, one at a time: only the newest keeps its
     index columns in memory; earlier ones become sealed segments with O(1) state."""
 
-    def __init__(self, io: FileIO, directory: Path, cache: IndexCache, report: RecoveryReport) -> None:
+    def __init__(
+        self, io: FileIO, directory: Path, cache: IndexCache, report: RecoveryReport, new_format: LogFormat
+    ) -> None:
         self.io, self.directory, self.cache, self.report = io, directory, cache, report
+        self.new_format = new_format
         self.sealed: list[Segment] = []
         self.last: _Found | None = None
         self.empty: _Found | None = None  # an empty segment, kept only if nothing follows
@@ -424,7 +481,7 @@ class _Chain:
                 self._remove_stray(self.empty)
         last = self.last
         if last is None:
-            return [Segment.create(self.io, self.directory, 0, self.cache)]
+            return [Segment.create(self.io, self.directory, 0, self.cache, self.new_format)]
         active = Segment(
             self.io,
             self.directory,
@@ -435,6 +492,7 @@ class _Chain:
             last.timestamps,
             self.cache,
             last.trusted_from,
+            fmt=last.fmt,
         )
         return [*self.sealed, active]
 
@@ -450,6 +508,7 @@ class _Chain:
             (int(f.timestamps[0]), int(f.timestamps[-1])),
             self.cache,
             min(f.trusted_from, len(f.ends)),
+            fmt=f.fmt,
         )
         self.cache.put(seg, f.ends, f.timestamps)
         return seg
@@ -462,6 +521,7 @@ class _Chain:
             self.io,
             self.directory,
             prev.start,
+            prev.fmt,
             prev.log,
             keep_bytes,
             int(prev.ends[-1]),
@@ -478,6 +538,6 @@ class _Chain:
         # Any bytes it had were quarantined; the empty files say nothing.
         seg.log.close()
         seg.index.close()
-        self.io.unlink(self.directory / log_name(seg.start))
+        self.io.unlink(self.directory / log_name(seg.start, seg.fmt))
         self.io.unlink(self.directory / index_name(seg.start))
-        self.report.problems.append(f"{log_name(seg.start)}: stray empty segment, removed")
+        self.report.problems.append(f"{log_name(seg.start, seg.fmt)}: stray empty segment, removed")

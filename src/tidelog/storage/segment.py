@@ -1,5 +1,7 @@
-"""One segment: a `.log` of stored messages back to back (exactly what a poll returns) and a
-dense `.index` of 16-byte entries (relative offset u32, end position u32, timestamp u64).
+"""One segment: a log of stored units back to back (exactly what a poll of one generation
+returns: `.rlog` 0.9 records, or `.log` 0.8 messages, see `integrity.LogFormat`) and a dense
+`.index` of 16-byte entries, one per message (relative offset u32, end position u32,
+timestamp u64). In a record log the first message of a record spans the record's header.
 
 Where the index lives:
 
@@ -25,16 +27,17 @@ Integrity. The log is the truth, the index a cache of it, and neither is trusted
   non-decreasing between the segment's first and last, and, for a whole index, the headers
   at a sample of entries (offset, length fields, timestamp). An index that fails is rebuilt
   from the log (the log of a sealed segment no longer changes).
-* Data read from the files is verified (`verify_stored`: lengths fill the index span,
-  offsets, reserved field, checksum) before it is served, unless it is known good: messages
-  this process wrote or recovery proved (`trusted_from` on), and ranges verified by earlier
-  polls. Known-good ranges of a sealed segment are still served only after the headers at
-  both ends of the range agree with the index (two 64-byte preads), so they keep going out
-  with `sendfile`.
-* A poll meeting a message that fails gets the valid messages before it; the message is
-  reported (log line with segment and offset) and its bytes copied to `quarantine/`. When
-  the log is fine there and the index is what is wrong, the index is rebuilt and the read
-  retried.
+* Data read from the files is verified (`LogFormat.verify`: lengths fill the index span,
+  offsets, timestamps, reserved fields, checksums) before it is served, unless it is known
+  good: messages this process wrote or recovery proved (`trusted_from` on), and ranges
+  verified by earlier polls. Known-good ranges of a sealed segment are still served only
+  after the heads of the units at both ends of the range agree with the index (two small
+  preads), so they keep going out with `sendfile`. Verification is by whole units: a read
+  that starts or ends inside a record reads and checks the whole record, and serves the
+  cut record as its frames with a rewritten header.
+* A poll meeting a unit that fails gets the valid units before it; the unit is reported
+  (log line with segment and offset) and its bytes copied to `quarantine/`. When the log is
+  fine there and the index is what is wrong, the index is rebuilt and the read retried.
 * A timestamp lookup is checked against the headers at the offset found and the one before
   it; when they contradict the index the answer comes from the log.
 
@@ -58,29 +61,35 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tidelog.storage.index_cache import Columns, IndexCache
-from tidelog.storage.integrity import header_fields, index_rows, quarantine_copy, scan_log
-from tidelog.storage.io import File, FileIO, FileRange
-from tidelog.wire.batch import INDEX_DTYPE, verify_stored
-from tidelog.wire.codes import (
-    INDEX_ENTRY_SIZE,
-    MESSAGE_HEADER_SIZE,
-    U32_MAX,
-    U64_MAX,
-    IggyError,
-    Status,
+from tidelog.storage.integrity import (
+    LOG_FORMATS,
+    RECORD_LOG,
+    V08_LOG,
+    LogFormat,
+    UnitHead,
+    index_rows,
+    quarantine_copy,
+    read_head,
+    scan_log,
+    unit_at,
 )
+from tidelog.storage.io import File, FileIO, FileRange
+from tidelog.wire.batch import INDEX_DTYPE
+from tidelog.wire.codes import INDEX_ENTRY_SIZE, U32_MAX, U64_MAX, IggyError, Status
+from tidelog.wire.v09.batch import BATCH_HEADER_SIZE, slice_record_head
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 log = logging.getLogger(__name__)
 
-LOG_SUFFIX = ".log"
+LOG_SUFFIX = V08_LOG.suffix
 INDEX_SUFFIX = ".index"
-# The files worth opening O_DIRECT: the log. The index is 1.5 % of the bytes, written in small
+LOG_SUFFIXES = tuple(f.suffix for f in LOG_FORMATS.values())
+# The files worth opening O_DIRECT: the logs. The index is 1.5 % of the bytes, written in small
 # pieces that would each pay a direct write's latency (measured: direct .index writes cut
 # direct + writer throughput by about a fifth), so it stays in the page cache.
-DIRECT_SUFFIXES = (LOG_SUFFIX,)
+DIRECT_SUFFIXES = LOG_SUFFIXES
 _MIN_CAPACITY = 1024
 # Headers checked against the entries of a whole index when it is loaded (plus first, last).
 _SAMPLED_HEADERS = 8
@@ -89,8 +98,8 @@ _MAX_VERIFIED_RANGES = 4
 _MAX_REPORTED = 64
 
 
-def log_name(start_offset: int) -> str:
-    return f"{start_offset:020}{LOG_SUFFIX}"
+def log_name(start_offset: int, fmt: LogFormat = V08_LOG) -> str:
+    return fmt.name(start_offset)
 
 
 def index_name(start_offset: int) -> str:
@@ -114,11 +123,15 @@ class SegmentDamagedError(IggyError):
         super().__init__(Status.INVALID_MESSAGE_CHECKSUM, detail)
 
 
+Piece = bytes | memoryview | FileRange
+
+
 @dataclass(slots=True)
 class Span:
-    """What `Segment.read_span` read: `count` messages (`nbytes` bytes) in `chunk`."""
+    """What `Segment.read_span` read: `count` messages (`nbytes` bytes) in `pieces`, whole
+    units of the segment's format (a record cut by the range gets a rewritten header)."""
 
-    chunk: bytes | FileRange | None
+    pieces: list[Piece]
     count: int
     nbytes: int
     damaged: bool  # it stopped early at a message that fails verification
@@ -136,11 +149,13 @@ class Segment:
         timestamps: np.ndarray,
         cache: IndexCache | None = None,
         trusted_from: int | None = None,
+        fmt: LogFormat = V08_LOG,
     ) -> None:
         """A segment with its index in memory (the active one). Entries from `trusted_from`
         on (default: none of those given) were proven against the log or are written by this
         process, so their bytes need no verification."""
         assert start_offset >= 0 and len(ends) == len(timestamps)
+        self.fmt = fmt
         self.io = io
         self.directory = directory
         self.start_offset = start_offset
@@ -156,7 +171,7 @@ class Segment:
         self._ends[:n] = ends
         # Kept non-decreasing so searchsorted is valid even if a clock once went back.
         self._timestamps[:n] = np.maximum.accumulate(timestamps) if n else timestamps
-        assert n == 0 or (int(ends[0]) >= MESSAGE_HEADER_SIZE and int(ends[-1]) <= U32_MAX)
+        assert n == 0 or (int(ends[0]) >= fmt.min_span_bytes and int(ends[-1]) <= U32_MAX)
         self._size = int(ends[-1]) if n else 0
         self._first_ts = int(self._timestamps[0]) if n else 0
         self._last_ts = int(self._timestamps[n - 1]) if n else 0
@@ -168,15 +183,22 @@ class Segment:
 
     @classmethod
     def create(
-        cls, io: FileIO, directory: Path, start_offset: int, cache: IndexCache | None = None
+        cls,
+        io: FileIO,
+        directory: Path,
+        start_offset: int,
+        cache: IndexCache | None = None,
+        fmt: LogFormat = V08_LOG,
     ) -> Segment:
         """A new, empty segment; files left over under its name are emptied."""
-        log = io.open(directory / log_name(start_offset))
+        log = io.open(directory / log_name(start_offset, fmt))
         index = io.open(directory / index_name(start_offset))
         log.truncate(0)
         index.truncate(0)
         empty = np.empty(0, dtype=np.int64)
-        return cls(io, directory, start_offset, log, index, empty, np.empty(0, dtype=np.uint64), cache)
+        return cls(
+            io, directory, start_offset, log, index, empty, np.empty(0, dtype=np.uint64), cache, fmt=fmt
+        )
 
     @classmethod
     def on_disk(
@@ -191,12 +213,15 @@ class Segment:
         timestamps: tuple[int, int],
         cache: IndexCache,
         trusted_from: int,
+        fmt: LogFormat = V08_LOG,
     ) -> Segment:
         """A sealed segment whose index stays in its (checked) `.index` file; `timestamps`
         are those of its first and last message."""
-        assert count > 0 and MESSAGE_HEADER_SIZE * count <= size_bytes <= U32_MAX
+        assert count > 0 and fmt.min_span_bytes * count <= size_bytes <= U32_MAX
         empty = np.empty(0, dtype=np.int64)
-        seg = cls(io, directory, start_offset, log, index, empty, np.empty(0, dtype=np.uint64), cache)
+        seg = cls(
+            io, directory, start_offset, log, index, empty, np.empty(0, dtype=np.uint64), cache, fmt=fmt
+        )
         seg.sealed = True
         seg._ends = seg._timestamps = None
         seg._n, seg._size = count, size_bytes
@@ -206,7 +231,7 @@ class Segment:
 
     @property
     def log_path(self) -> Path:
-        return self.directory / log_name(self.start_offset)
+        return self.directory / log_name(self.start_offset, self.fmt)
 
     @property
     def index_path(self) -> Path:
@@ -395,7 +420,8 @@ class Segment:
             return f"relative offsets are not dense in entries {lo}..{hi - 1}"
         positions = entries["position"].astype(np.int64)
         steps = np.diff(positions)
-        if int(positions[0]) < MESSAGE_HEADER_SIZE * (lo + 1) or bool((steps < MESSAGE_HEADER_SIZE).any()):
+        span = self.fmt.min_span_bytes
+        if int(positions[0]) < span * (lo + 1) or bool((steps < span).any()):
             return f"end positions do not rise by a header in entries {lo}..{hi - 1}"
         if int(positions[-1]) > self._size or (hi == self._n and int(positions[-1]) != self._size):
             return f"end positions do not end where the log does in entries {lo}..{hi - 1}"
@@ -409,11 +435,13 @@ class Segment:
     def _sampled_headers_problem(self, ends: np.ndarray, timestamps: np.ndarray) -> str | None:
         n = self._n
         for i in sorted({0, n - 1, *np.linspace(0, n - 1, _SAMPLED_HEADERS).astype(int).tolist()}):
-            start = int(ends[i - 1]) if i else 0
-            fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, start))
-            expected = (self.start_offset + i, int(timestamps[i]), int(ends[i]) - start)
-            if fields != expected:
-                return f"entry {i} disagrees with the message header at {start}"
+            i0, i1 = self.fmt.unit_bounds(timestamps, i)
+            start = int(ends[i0 - 1]) if i0 else 0
+            expected = UnitHead(
+                self.start_offset + i0, int(timestamps[i]), int(ends[i1 - 1]) - start, i1 - i0
+            )
+            if read_head(self.fmt, self.log, start) != expected:
+                return f"entry {i} disagrees with the {self.fmt.unit} header at {start}"
         return None
 
     def _repair_index(self, problem: str) -> Columns:
@@ -423,7 +451,7 @@ class Segment:
         log.warning("%s: index %s; rebuilding it from the log", self.log_path, problem)
         if self._ends is not None and self._timestamps is not None:
             return self._repair_in_memory(problem)
-        ends, timestamps = scan_log(self.log, 0, self._size, self.start_offset)
+        ends, timestamps = scan_log(self.fmt, self.log, 0, self._size, self.start_offset)
         if len(ends) != self._n or int(ends[-1]) != self._size:
             self._unusable = (
                 f"index {problem}, and the log is damaged at offset {self.start_offset + len(ends)}"
@@ -457,7 +485,7 @@ class Segment:
         assert self._ends is not None and self._timestamps is not None
         recovered = self._trusted_from
         limit = int(self._ends[recovered - 1]) if recovered else 0
-        ends, timestamps = scan_log(self.log, 0, limit, self.start_offset)
+        ends, timestamps = scan_log(self.fmt, self.log, 0, limit, self.start_offset)
         if not recovered or len(ends) != recovered or int(ends[-1]) != limit:
             log.error("%s: index %s, and the log cannot repair it", self.log_path, problem)
             raise SegmentDamagedError(f"{self.log_path}: index {problem}")
@@ -508,15 +536,16 @@ class Segment:
         file_range: bool,
     ) -> Span:
         """The messages from `first_offset` (before `end_offset`) that fit in `budget_bytes`
-        (at least one when `at_least_one`), verified: a message that fails verification and
+        (at least one when `at_least_one`), verified: a unit that fails verification and
         everything after it are left out (`damaged`), and it is reported and quarantined.
-        With `file_range`, known-good data comes back as a `FileRange` for `os.sendfile`."""
+        With `file_range`, known-good whole units come back as `FileRange`s for `os.sendfile`.
+        Units are verified whole, so a read cut inside a record reads (and checks) all of it."""
         lo, hi = first_offset - self.start_offset, end_offset - self.start_offset
         assert 0 <= lo < hi <= self._n
         try:
             return self._read_span(lo, hi, budget_bytes, at_least_one, file_range, True)
         except SegmentDamagedError:
-            return Span(None, 0, 0, True)
+            return Span([], 0, 0, True)
 
     def _read_span(
         self, lo: int, hi: int, budget: int | None, at_least_one: bool, file_range: bool, may_repair: bool
@@ -524,39 +553,132 @@ class Segment:
         base, ends = self._fit(lo, hi, budget, at_least_one)
         m = len(ends)
         if not m:
-            return Span(None, 0, 0, False)
-        length = int(ends[-1]) - base
-        if self._known_good(lo, lo + m) and (
-            self._ends is not None or self._boundaries_agree(lo, base, ends)
-        ):
+            return Span([], 0, 0, False)
+        u0, u1 = self._bounds(lo)[0], self._bounds(lo + m - 1)[1]
+        if (u0, u1) == (lo, lo + m):
+            ubase, uends, uts = base, ends, None
+        else:
+            ubase = self._end(u0 - 1)
+            uends, uts = self._entries(u0, u1)
+        length = int(uends[-1]) - ubase
+        if self._known_good(u0, u1) and (self._ends is not None or self._boundaries_agree(u0, u1)):
             fd = self.log.fileno() if file_range else None
-            chunk = FileRange(fd, base, length) if fd is not None else self.read(base, length)
-            return Span(chunk, m, length, False)
-        data = self.read(base, length)
-        relative = ends - base
-        bad = verify_stored(data, relative, self.start_offset + lo)
+            return self._span(lo, lo + m, u0, ubase, uends, uts, None, fd, False)
+        data = self.read(ubase, length)
+        relative = uends - ubase
+        bad = self.fmt.verify(data, relative, self.start_offset + u0, None)
         if bad < 0:
-            self._mark_verified(lo, lo + m)
-            return Span(data, m, length, False)
+            self._mark_verified(u0, u1)
+            return self._span(lo, lo + m, u0, ubase, uends, uts, data, None, False)
         at = int(relative[bad - 1]) if bad else 0
-        if may_repair and self._index_suspect(lo + bad, base + at):
+        failed = u0 + bad  # the first message of the unit that fails
+        if may_repair and self._index_suspect(failed, ubase + at):
             try:
-                self._repair_index(f"disagrees with the log at offset {self.start_offset + lo + bad}")
+                self._repair_index(f"disagrees with the log at offset {self.start_offset + failed}")
             except SegmentDamagedError:
                 pass  # reported; the valid prefix is still served below
             else:
                 return self._read_span(lo, hi, budget, at_least_one, file_range, False)
-        self._report_damage(lo + bad, base + at, int(ends[bad]))
-        if not bad:
-            return Span(None, 0, 0, True)
-        self._mark_verified(lo, lo + bad)
-        return Span(data[:at], bad, at, True)
+        unit_end = self._bounds(failed)[1]
+        self._report_damage(failed, ubase + at, int(uends[min(unit_end, u1) - 1 - u0]))
+        if failed <= lo:
+            return Span([], 0, 0, True)
+        self._mark_verified(u0, failed)
+        keep = failed - u0
+        ts_kept = None if uts is None else uts[:keep]
+        return self._span(lo, min(lo + m, failed), u0, ubase, uends[:keep], ts_kept, data[:at], None, True)
+
+    def _span(
+        self,
+        a: int,
+        b: int,
+        u0: int,
+        ubase: int,
+        uends: np.ndarray,
+        uts: np.ndarray | None,
+        data: bytes | None,
+        fd: int | None,
+        damaged: bool,
+    ) -> Span:
+        """Messages [a, b) as whole units, from the units starting at message u0 (at byte
+        `ubase`, message ends `uends`): slices of `data` (those bytes, read) or else file
+        ranges (`fd`) or reads. A record cut at either end is its frames in range with a
+        rewritten header (0.9 reference 4.5); everything between goes out as it is stored."""
+
+        def position(j: int) -> int:
+            return int(uends[j - u0 - 1]) if j > u0 else ubase
+
+        def stored(p: int, q: int) -> Piece:
+            if data is not None:
+                if p == ubase and q - p == len(data):
+                    return data
+                return memoryview(data)[p - ubase : q - ubase]
+            if fd is not None:
+                return FileRange(fd, p, q - p)
+            return self.read(p, q - p)
+
+        pieces: list[Piece] = []
+        if self.fmt is not RECORD_LOG or uts is None:
+            # Units are exactly messages [a, b) (a 0.8 log, or a record range not cut).
+            assert a == u0 and b == u0 + len(uends)
+            pieces.append(stored(ubase, int(uends[-1])))
+            return Span(pieces, b - a, int(uends[-1]) - ubase, damaged)
+        # Record boundaries: where the timestamp changes (see integrity.LogFormat).
+        starts = np.flatnonzero(np.diff(uts) != 0) + 1 + u0
+        first_end = int(starts[0]) if len(starts) else u0 + len(uends)
+        last_start = int(starts[-1]) if len(starts) else u0
+
+        def cut(s: int, x: int, y: int) -> None:
+            """Messages [x, y) of the record starting at message s."""
+            record_at = position(s)
+            frames_at = record_at + BATCH_HEADER_SIZE if x == s else position(x)
+            frames_end = position(y)
+            if data is not None:
+                head: bytes | memoryview = memoryview(data)[
+                    record_at - ubase : record_at - ubase + BATCH_HEADER_SIZE
+                ]
+                frames: bytes | memoryview = memoryview(data)[frames_at - ubase : frames_end - ubase]
+            else:
+                head = self.read(record_at, BATCH_HEADER_SIZE)
+                frames = self.read(frames_at, frames_end - frames_at)
+            frame_ends = uends[x - u0 : y - u0] - frames_at
+            pieces.append(slice_record_head(head, frames, frame_ends))
+            pieces.append(frames)
+
+        u_end = u0 + len(uends)  # a lies in the first record, b - 1 in the last
+        if last_start == u0:  # one record
+            if a == u0 and b == u_end:
+                pieces.append(stored(ubase, position(u_end)))
+            else:
+                cut(u0, a, b)
+        else:
+            whole_from = u0
+            if a > u0:
+                cut(u0, a, first_end)
+                whole_from = first_end
+            whole_to = u_end if b == u_end else last_start
+            if whole_from < whole_to:
+                pieces.append(stored(position(whole_from), position(whole_to)))
+            if b < u_end:
+                cut(last_start, last_start, b)
+        nbytes = sum(p.length if isinstance(p, FileRange) else memoryview(p).nbytes for p in pieces)
+        return Span(pieces, b - a, nbytes, damaged)
+
+    def _bounds(self, i: int) -> tuple[int, int]:
+        """[first, end) of the unit holding message i."""
+        if self.fmt is not RECORD_LOG:
+            return i, i + 1
+        columns = self._columns()
+        if columns is not None:
+            return self.fmt.unit_bounds(columns[1], i)
+        ts = int(self._entries(i, i + 1)[1][0])
+        return self._search(ts), self._search(ts + 1)
 
     def _fit(self, lo: int, hi: int, budget: int | None, at_least_one: bool) -> tuple[int, np.ndarray]:
         """(position of message lo, end positions of the messages from lo that fit)."""
         want = hi - lo
         if budget is not None:
-            want = min(want, max(budget, 0) // MESSAGE_HEADER_SIZE + 1)  # a message holds >= a header
+            want = min(want, max(budget, 0) // self.fmt.min_span_bytes + 1)  # a message holds >= that
         ends = self._entries(max(lo - 1, 0), lo + want)[0]
         base = int(ends[0]) if lo else 0
         ends = ends[1:] if lo else ends
@@ -583,39 +705,45 @@ class Segment:
             merged.remove(min(merged, key=lambda r: r[1] - r[0]))
         self._verified = merged
 
-    def _header_is(self, position: int, offset: int, size: int | None) -> bool:
-        fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, position))
-        return fields is not None and fields[0] == offset and (size is None or fields[2] == size)
+    def _unit_agrees(self, i: int) -> bool:
+        """The head of the unit holding message i declares what the index says of it: its
+        first offset, timestamp, size and message count."""
+        i0, i1 = self._bounds(i)
+        start = self._end(i0 - 1)
+        ts = int(self._entries(i, i + 1)[1][0])
+        expected = UnitHead(self.start_offset + i0, ts, self._end(i1 - 1) - start, i1 - i0)
+        return read_head(self.fmt, self.log, start) == expected
 
-    def _boundaries_agree(self, lo: int, base: int, ends: np.ndarray) -> bool:
-        """The headers at the first and the last message of the range declare the offsets and
-        sizes the index gives: then the range holds exactly those messages."""
-        m = len(ends)
-        if not self._header_is(base, self.start_offset + lo, int(ends[0]) - base):
+    def _boundaries_agree(self, u0: int, u1: int) -> bool:
+        """The heads of the first and the last unit of messages [u0, u1) declare the offsets,
+        timestamps and sizes the index gives: then the range holds exactly those units."""
+        if not self._unit_agrees(u0):
             return False
-        return m == 1 or self._header_is(
-            int(ends[-2]), self.start_offset + lo + m - 1, int(ends[-1]) - int(ends[-2])
-        )
+        return self._bounds(u0)[1] >= u1 or self._unit_agrees(u1 - 1)
 
     def _index_suspect(self, i: int, position: int) -> bool:
-        """Message i failed where the index says it starts and ends: is the index to blame?
-        Yes when a valid message i starts at that position (its end is what is wrong), or when
-        nothing proves the position is a message boundary."""
+        """The unit starting with message i failed where the index says it starts: is the
+        index to blame? Yes when a valid unit i starts at that position whose message ends
+        are not the index's (those are what is wrong), or when nothing proves the position
+        is a unit boundary."""
         if i and position == self._end(i - 1):
-            before = self._end(i - 2)
-            boundary_proven = self._valid_message_at(before, self.start_offset + i - 1) == position
-            if not boundary_proven:
-                return True
-        end = self._valid_message_at(position, self.start_offset + i)
-        return end is not None and end != self._end(i)
+            p0 = self._bounds(i - 1)[0]
+            before = self._valid_unit_ends(self._end(p0 - 1), self.start_offset + p0)
+            if before is None or int(before[-1]) != position:
+                return True  # the boundary is not proven
+        ends = self._valid_unit_ends(position, self.start_offset + i)
+        if ends is None:
+            return False
+        indexed = self._entries(i, min(self._bounds(i)[1], self._n))[0]
+        return len(ends) != len(indexed) or bool((ends != indexed).any())
 
-    def _valid_message_at(self, position: int, offset: int) -> int | None:
-        """End of the valid message with `offset` at `position`, if there is one."""
-        fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, position))
-        if fields is None or fields[0] != offset or position + fields[2] > self._size:
+    def _valid_unit_ends(self, position: int, offset: int) -> np.ndarray | None:
+        """Message ends of the valid unit whose first offset is `offset` at `position`."""
+        head = unit_at(self.fmt, self.log, position, offset, self._size)
+        if head is None:
             return None
-        ends, _ = scan_log(self.log, position, position + fields[2], offset)
-        return int(ends[0]) if len(ends) else None
+        data = self.log.pread(head.size_bytes, position)
+        return self.fmt.scan(data, False, offset, -1)[0] + position
 
     def _report_damage(self, i: int, lo_byte: int, hi_byte: int) -> None:
         offset = self.start_offset + i
@@ -673,17 +801,21 @@ class Segment:
         return lo
 
     def _found_agrees(self, i: int, target: int) -> bool:
-        """The headers at entry i and i - 1 confirm i is the first at or after `target`
-        (entries this process wrote and still holds need no check: their bytes may not be
-        written yet; entries read back from the file always get it)."""
+        """The heads of the units holding entries i and i - 1 confirm i is the first at or
+        after `target` (entries this process wrote and still holds need no check: their
+        bytes may not be written yet; entries read back from the file always get it)."""
         if i >= self._n:
             return False  # the last message is at or after target, so one must match
         for j, at_or_after in ((i, True), (i - 1, False)):
             if j < 0 or (self._ends is not None and j >= self._trusted_from):
                 continue
-            start = self._end(j - 1)
-            fields = header_fields(self.log.pread(MESSAGE_HEADER_SIZE, start))
-            if fields is None or fields[0] != self.start_offset + j or (fields[1] >= target) != at_or_after:
+            j0 = self._bounds(j)[0]
+            head = read_head(self.fmt, self.log, self._end(j0 - 1))
+            if (
+                head is None
+                or head.first_offset != self.start_offset + j0
+                or (head.timestamp >= target) != at_or_after
+            ):
                 return False
         return True
 

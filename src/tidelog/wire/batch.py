@@ -82,6 +82,8 @@ _F = {name: int(spec[1]) for name, spec in _FIELDS.items()}
 CHECKSUM_AT, ID_AT, OFFSET_AT, TIMESTAMP_AT = _F["checksum"], _F["id_lo"], _F["offset"], _F["timestamp"]
 LENGTHS_AT, PAYLOAD_LENGTH_AT, RESERVED_AT = _F["user_headers_length"], _F["payload_length"], _F["reserved"]
 assert (CHECKSUM_AT, ID_AT, OFFSET_AT, TIMESTAMP_AT) == (0, 8, 24, 32)
+ORIGIN_TIMESTAMP_AT = _F["origin_timestamp"]
+assert ORIGIN_TIMESTAMP_AT == 40
 assert (LENGTHS_AT, PAYLOAD_LENGTH_AT, RESERVED_AT) == (48, 52, 56)
 
 # The checksum covers everything after its own field.
@@ -287,6 +289,18 @@ def stamp(batch: Batch, base_offset: int, timestamp_us: int, random_bytes: Calla
     _stamp_numpy(batch, base_offset, timestamp_us, random_bytes)
 
 
+def random_uuids(random_bytes: Callable[[int], bytes], count: int) -> np.ndarray:
+    """`count` random UUIDv4 ids as (count, 16) bytes, from one call for 16 bytes each: RFC
+    9562 version and variant bits set at the byte positions the C `stamp` sets them (the 16
+    bytes are then read as a little-endian u128)."""
+    raw = random_bytes(16 * count)
+    assert len(raw) == 16 * count
+    uuids = np.frombuffer(raw, dtype=np.uint8).reshape(count, 16).copy()
+    uuids[:, 6] = (uuids[:, 6] & 0x0F) | 0x40
+    uuids[:, 8] = (uuids[:, 8] & 0x3F) | 0x80
+    return uuids
+
+
 def _stamp_numpy(
     batch: Batch, base_offset: int, timestamp_us: int, random_bytes: Callable[[int], bytes]
 ) -> None:
@@ -299,13 +313,7 @@ def _stamp_numpy(
     missing = (ids == 0).all(axis=1)
     n_missing = int(missing.sum())
     if n_missing:
-        raw = random_bytes(16 * n_missing)
-        assert len(raw) == 16 * n_missing
-        uuids = np.frombuffer(raw, dtype=np.uint8).reshape(n_missing, 16).copy()
-        # RFC 9562 version 4 and variant bits; the 16 bytes are then read as an LE u128.
-        uuids[:, 6] = (uuids[:, 6] & 0x0F) | 0x40
-        uuids[:, 8] = (uuids[:, 8] & 0x3F) | 0x80
-        rows.put(ID_AT, uuids, missing)
+        rows.put(ID_AT, random_uuids(random_bytes, n_missing), missing)
 
     stamped = np.empty((count, 2), dtype="<u8")
     stamped[:, 0] = np.arange(base_offset, base_offset + count, dtype=np.uint64)

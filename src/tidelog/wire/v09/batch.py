@@ -27,20 +27,27 @@ still done per message, and why:
 
 The batch checksum is one streaming XXH3 over the header fields and the gathered frame
 checksums (4.2), so it costs one hash call per batch whatever the count.
+
+A segment's log holds stamped records back to back (the stored record log, at the end of
+this file): `scan_records` and `verify_records` walk it with one Python step per record,
+each record checked whole by `parse_batch`; `slice_record_head` rewrites a cut record's
+header for a poll reply; `records_to_v08` and `record_from_v08` convert for 0.8 clients.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import xxhash
 
-from tidelog.wire.batch import MESSAGE_HEADER_DTYPE
+from tidelog.wire import batch as batch08
+from tidelog.wire.batch import ID_AT, MESSAGE_HEADER_DTYPE, OFFSET_AT
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES, MESSAGE_HEADER_SIZE, U32_MAX, Status
 from tidelog.wire.v09.codes import Status09
 
@@ -130,8 +137,9 @@ _native = _load_native()
 
 @dataclass(slots=True)
 class Batch09:
-    """A validated batch: `buf` is exactly `batch_length` bytes, writable; frame i is
-    `buf[starts[i]:ends[i]]` (absolute positions, the first one 256)."""
+    """A validated batch: `buf` is exactly `batch_length` bytes, writable (unless parsed with
+    `copy_readonly=False` from a read-only buffer); frame i is `buf[starts[i]:ends[i]]`
+    (absolute positions, the first one 256)."""
 
     buf: memoryview
     count: int
@@ -357,6 +365,8 @@ def parse_batch(
     *,
     dense_offsets: bool = True,
     verify_checksums: bool = True,
+    allow_empty_payload: bool = False,
+    copy_readonly: bool = True,
 ) -> Batch09:
     """Validate one batch (header + frames, exactly `buf`) as a whole; raise `BatchError`.
 
@@ -364,7 +374,11 @@ def parse_batch(
     offset deltas 0, 1, 2, ... of a batch as sent (4.2); without it (poll records, 4.5) they
     must still rise by one from the first. Garbage gives a `BatchError`, never another
     exception: every length is bounded before a field is read at it. A read-only `buf` is
-    copied once so that `stamp_batch` can write in place.
+    copied once so that `stamp_batch` can write in place; with `copy_readonly=False` it is
+    used as it is (checking only: the result's `buf` is then read-only).
+
+    `allow_empty_payload` skips the empty-payload check (4024): 0.8 accepts empty payloads,
+    and 0.8 messages are stored as 0.9 records.
 
     Checks, in order: size and batch_length (3), message_count >= 1 (4009), header reserved
     (4101), tiling (3) and frame count (4009), frame reserved (4101), payload and user header
@@ -376,7 +390,7 @@ def parse_batch(
     mv = _as_bytes_view(buf)
     if mv.nbytes < BATCH_HEADER_SIZE:
         raise BatchError(Status.INVALID_COMMAND, f"{mv.nbytes} bytes cannot hold a batch header")
-    if mv.readonly:
+    if mv.readonly and copy_readonly:
         mv = memoryview(bytearray(mv))
     a = np.frombuffer(mv, dtype=np.uint8)
     header = np.frombuffer(mv, dtype=BATCH_HEADER_DTYPE, count=1)[0]
@@ -404,7 +418,7 @@ def parse_batch(
         raise BatchError(Status.TOO_BIG_MESSAGE_PAYLOAD)
     if bool((user_headers > MAX_USER_HEADERS_BYTES).any()):
         raise BatchError(Status.TOO_BIG_USER_HEADERS)
-    if bool((payload == 0).any()):
+    if not allow_empty_payload and bool((payload == 0).any()):
         # Section 1.8: payloads are 1..64,000,000 bytes.
         raise BatchError(Status09.EMPTY_MESSAGE_PAYLOAD)
     deltas = frames["offset_delta"].astype(np.int64)
@@ -481,11 +495,18 @@ def check_user_headers(batch: Batch09) -> None:
             raise BatchError(Status.INVALID_COMMAND, f"message {i}: a user header key without value")
 
 
-def parse_records(buf: memoryview | bytes | bytearray, *, verify_checksums: bool = True) -> list[Batch09]:
+def parse_records(
+    buf: memoryview | bytes | bytearray,
+    *,
+    verify_checksums: bool = True,
+    allow_empty_payload: bool = False,
+    copy_readonly: bool = True,
+) -> list[Batch09]:
     """Split concatenated batch records (a poll reply's records, or stored batches) and parse
-    each; one Python step per batch, none per message."""
+    each; one Python step per batch, none per message. `allow_empty_payload` and
+    `copy_readonly` as in `parse_batch` (a read-only `buf` is copied once, not per record)."""
     mv = _as_bytes_view(buf)
-    if mv.readonly:
+    if mv.readonly and copy_readonly:
         mv = memoryview(bytearray(mv))
     out: list[Batch09] = []
     pos = 0
@@ -496,7 +517,15 @@ def parse_records(buf: memoryview | bytes | bytearray, *, verify_checksums: bool
         if length < BATCH_HEADER_SIZE or pos + length > mv.nbytes:
             raise BatchError(Status.INVALID_COMMAND, f"record at {pos} claims {length} bytes")
         record = mv[pos : pos + length]
-        out.append(parse_batch(record, dense_offsets=False, verify_checksums=verify_checksums))
+        out.append(
+            parse_batch(
+                record,
+                dense_offsets=False,
+                verify_checksums=verify_checksums,
+                allow_empty_payload=allow_empty_payload,
+                copy_readonly=False,  # mv is writable already unless the caller said otherwise
+            )
+        )
         pos += length
     return out
 
@@ -839,7 +868,7 @@ def poll_slice(
     re-derived over it, so frames stay byte for byte as stored (4.5). Binary searches and a
     gather of the cut records' frame checksums: no Python step per message.
     """
-    a = np.frombuffer(_as_bytes_view(log), dtype=np.uint8)
+    log_mv = _as_bytes_view(log)
     positions = np.ascontiguousarray(batch_positions, dtype=np.int64)
     frame_ends = np.ascontiguousarray(frame_ends, dtype=np.int64)
     stored = len(frame_ends)
@@ -871,13 +900,12 @@ def poll_slice(
         if lo_msg == int(msg_first[b]) and hi_msg == int(msg_first[b + 1]) - 1:
             add_range(int(positions[b]), hi)  # uncut: the stored record as it is
             return
-        starts = np.append(lo, frame_ends[lo_msg:hi_msg])
-        header = a[int(positions[b]) : int(positions[b]) + BATCH_HEADER_SIZE].copy()
-        fields = header.view(BATCH_HEADER_DTYPE)
-        fields["batch_length"] = BATCH_HEADER_SIZE + hi - lo
-        fields["message_count"] = hi_msg - lo_msg + 1
-        fields["batch_checksum"] = _batch_digest(header, _rows(a, starts, 8))
-        pieces.append(header.tobytes())
+        at = int(positions[b])
+        pieces.append(
+            slice_record_head(
+                log_mv[at : at + BATCH_HEADER_SIZE], log_mv[lo:hi], frame_ends[lo_msg : hi_msg + 1] - lo
+            )
+        )
         add_range(lo, hi)
 
     b0, b1 = record_of(first_msg), record_of(last_msg)
@@ -887,3 +915,313 @@ def poll_slice(
     if b1 > b0:
         emit(b1, int(msg_first[b1]), last_msg)
     return PollSlice(pieces=pieces, count=hi_off - lo_off, first_offset=lo_off)
+
+
+def slice_record_head(
+    head: bytes | bytearray | memoryview, frames: bytes | bytearray | memoryview, frame_ends: np.ndarray
+) -> bytes:
+    """A stored record's 256-byte header `head` rewritten for a poll slice (4.5) made of the
+    consecutive whole frames in `frames` (`frame_ends`: where each ends within `frames`, the
+    first starting at 0): partition_id, base_offset, base_timestamp and origin_timestamp as
+    they are, batch_length and message_count those of the slice, and the batch checksum
+    re-derived over the new header and the frames' stored checksums (one gather, one hash).
+    Frames are not touched, so their checksums stay valid. ValueError when `frame_ends` do
+    not describe frames filling `frames`."""
+    head_mv, frames_mv = _as_bytes_view(head), _as_bytes_view(frames)
+    ends = np.ascontiguousarray(frame_ends, dtype=np.int64)
+    if head_mv.nbytes < BATCH_HEADER_SIZE or not len(ends) or int(ends[-1]) != frames_mv.nbytes:
+        raise ValueError("a slice needs a whole header and frame ends that fill the frames")
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), ends[:-1]))
+    if bool((ends - starts < FRAME_HEADER_SIZE).any()):
+        raise ValueError("frame ends leave no room for a frame header")
+    header = np.frombuffer(head_mv, dtype=np.uint8, count=BATCH_HEADER_SIZE).copy()
+    fields = header.view(BATCH_HEADER_DTYPE)
+    fields["batch_length"] = BATCH_HEADER_SIZE + frames_mv.nbytes
+    fields["message_count"] = len(ends)
+    checksum_rows = _rows(np.frombuffer(frames_mv, dtype=np.uint8), starts, 8)
+    fields["batch_checksum"] = _batch_digest(header, checksum_rows)
+    return header.tobytes()
+
+
+# ---------------------------------------------------------------------------------------
+# The stored record log: stamped 0.9 records back to back, as a segment's log holds them.
+
+
+class RecordHead(NamedTuple):
+    """The header fields of a stored record that locate it in the log (4.1)."""
+
+    base_offset: int
+    base_timestamp: int
+    length_bytes: int  # batch_length: header and frames
+    messages: int  # message_count
+
+
+# base_offset, base_timestamp, batch_length, message_count; the rest skipped (4.1).
+_RECORD_HEAD = struct.Struct("<8xQQ8xQ8xI")
+assert _RECORD_HEAD.size == HEADER_RESERVED_AT
+_ZERO_RESERVED = bytes(BATCH_HEADER_SIZE - HEADER_RESERVED_AT)
+_MAX_FRAME_BYTES = FRAME_HEADER_SIZE + MAX_PAYLOAD_BYTES + MAX_USER_HEADERS_BYTES
+
+
+def record_head(data: bytes | bytearray | memoryview, at: int = 0) -> RecordHead | None:
+    """The header fields of the record at `data[at:]`, or None when fewer than 256 bytes are
+    there or the header is not plausible: message_count 0, reserved bytes non-zero, or a
+    batch_length that cannot hold `count` frames within the limits (1.8). Says nothing of
+    the frames: one unpack and one comparison of the reserved bytes, cheap enough to call
+    at every candidate position of a damaged log."""
+    mv = _as_bytes_view(data)
+    if at < 0 or mv.nbytes - at < BATCH_HEADER_SIZE:
+        return None
+    base_offset, base_timestamp, length, count = _RECORD_HEAD.unpack_from(mv, at)
+    if count == 0 or mv[at + HEADER_RESERVED_AT : at + BATCH_HEADER_SIZE] != _ZERO_RESERVED:
+        return None
+    if not FRAME_HEADER_SIZE * count <= length - BATCH_HEADER_SIZE <= count * _MAX_FRAME_BYTES:
+        return None
+    return RecordHead(base_offset, base_timestamp, length, count)
+
+
+def _scan_records(
+    mv: memoryview, verify: bool, first_offset: int | None, after_timestamp: int
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """`scan_records`, plus the index of each valid record's first message."""
+    total = mv.nbytes
+    ends_parts: list[np.ndarray] = []
+    stamps: list[int] = []
+    counts: list[int] = []
+    pos = 0
+    expected = first_offset
+    previous = after_timestamp
+    while True:  # one step per record; parse_batch is whole-record inside
+        head = record_head(mv, pos)
+        if head is None:
+            break
+        end = pos + head.length_bytes
+        if end > total:
+            break
+        if expected is not None and head.base_offset != expected:
+            break
+        if head.base_timestamp <= previous or head.base_offset + head.messages - 1 > U64_MAX:
+            break
+        try:
+            batch = parse_batch(
+                mv[pos:end],
+                dense_offsets=True,
+                verify_checksums=verify,
+                allow_empty_payload=True,
+                copy_readonly=False,  # only checked: a read-only log is not copied
+            )
+        except BatchError:
+            break
+        ends_parts.append(batch.ends + pos)
+        stamps.append(head.base_timestamp)
+        counts.append(head.messages)
+        pos = end
+        expected = head.base_offset + head.messages
+        previous = head.base_timestamp
+    if not ends_parts:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, np.empty(0, dtype=np.uint64), 0, empty
+    record_counts = np.array(counts, dtype=np.int64)
+    timestamps = np.repeat(np.array(stamps, dtype=np.uint64), record_counts)
+    firsts = np.cumsum(record_counts) - record_counts
+    return np.concatenate(ends_parts).astype(np.int64, copy=False), timestamps, pos, firsts
+
+
+def scan_records(
+    data: bytes | bytearray | memoryview,
+    verify: bool,
+    first_offset: int | None,
+    after_timestamp: int = -1,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Walk whole stored records from `data[0]`; return (ends, timestamps, valid_bytes).
+
+    Each record must have a plausible header (`record_head`), fit in `data`, parse as a
+    batch with dense offset deltas (empty payloads allowed: stored 0.8 sends), with
+    `verify` also pass its frame checksums and the batch checksum of its stamped header,
+    start at the expected offset (`first_offset` for the first record, any when None; then
+    the previous base_offset + count), and carry a base_timestamp strictly above the
+    previous record's (the first: above `after_timestamp`). The walk stops at the first
+    record that is incomplete or fails any of this, and never raises on garbage.
+
+    `ends` (int64) has one entry per message: where its bytes end relative to `data[0]`, a
+    record's first message spanning the record header and its frame. `timestamps` (uint64)
+    has each message's timestamp, its record's base_timestamp. `valid_bytes` is where the
+    last valid record ends (0 if none). A read-only `data` is not copied. One Python step
+    per record, none per message.
+    """
+    ends, timestamps, valid, _ = _scan_records(_as_bytes_view(data), verify, first_offset, after_timestamp)
+    return ends, timestamps, valid
+
+
+def verify_records(
+    data: bytes | bytearray | memoryview,
+    relative_ends: np.ndarray,
+    first_offset: int,
+    timestamps: np.ndarray | None = None,
+) -> int:
+    """Check stored records against what the index says of them; -1 when all agree.
+
+    `data` should be whole records starting at offset `first_offset`, whose messages end at
+    `relative_ends` (relative to `data[0]`) and carry `timestamps` (when given). Returns -1
+    when `scan_records(data, True, first_offset)` covers all of `data` and gives exactly
+    these ends (and timestamps). Otherwise the index (counting messages from 0 in `data`)
+    of the first message of the first record that is invalid or disagrees with the index:
+    the record holding the first message whose scanned end or timestamp differs from the
+    given one, or that only one side has. So when the scan stops early (damage, a partial
+    record, trailing bytes), the first message past the last valid record; when the index
+    stops inside a record, the first message of that record; when `data` holds whole
+    records past the index's last message, `len(relative_ends)`. Every message before the
+    result lies in whole valid records that the index describes exactly: the place to cut
+    both at. One scan of `data` (checksums verified), then array comparisons.
+    """
+    mv = _as_bytes_view(data)
+    ends, scanned_stamps, valid, firsts = _scan_records(mv, True, first_offset, -1)
+    given = np.ascontiguousarray(relative_ends, dtype=np.int64)
+    n = min(len(ends), len(given))
+    differs = ends[:n] != given[:n]
+    if timestamps is not None:
+        stamps = np.asarray(timestamps)
+        m = min(n, len(stamps))
+        differs[:m] |= scanned_stamps[:m] != stamps[:m].astype(np.uint64)
+        differs[m:] = True  # the index's timestamps stop short of its ends
+    bad = np.flatnonzero(differs)
+    first_bad = int(bad[0]) if bad.size else n
+    if first_bad == len(ends) == len(given) and valid == mv.nbytes:
+        return -1
+    if first_bad >= len(ends):
+        return len(ends)  # the scan stopped here: the next record is invalid or incomplete
+    return int(firsts[int(np.searchsorted(firsts, first_bad, side="right")) - 1])
+
+
+def records_to_v08(data: bytes | bytearray | memoryview) -> tuple[bytearray, np.ndarray]:
+    """Concatenated stored records (possibly sliced, 4.5) as stored 0.8 messages (fresh 0.8
+    checksums) and their ends: what a 0.8 poll reply carries. Checksums are not verified
+    here (whoever read the records did); a read-only `data` is not copied. The C
+    `records_v08` walks the records itself; the REFERENCE PATH parses each one and converts
+    it with `v09_to_v08` (the tests hold both to the same bytes)."""
+    native = _native
+    if native is not None:
+        try:
+            out, ends = native.records_v08(data)
+        except ValueError as exc:
+            raise BatchError(Status.INVALID_COMMAND, str(exc)) from exc
+        return out, np.frombuffer(ends, dtype=np.int64)
+    return _records_to_v08_reference(data)
+
+
+def _records_to_v08_reference(data: bytes | bytearray | memoryview) -> tuple[bytearray, np.ndarray]:
+    records = parse_records(data, verify_checksums=False, allow_empty_payload=True, copy_readonly=False)
+    return v09_to_v08(records, checksums=True)
+
+
+# The C `stamp` writes ids, offsets and timestamps of a 0.8 batch before its conversion (its
+# 0.8 checksums are thrown away). Measured on the server's path (250 x 1000 B, zero ids, as
+# 0.8 producers send them): 20 us a batch, against 160 us for `_unstamp_08`'s numpy calls, so
+# it is taken whenever built; tests turn it off to hold the numpy path to the same bytes.
+_C_STAMP_08 = True
+
+
+def _unstamp_08(mv: memoryview, ends: np.ndarray, random_bytes: Callable[[int], bytes]) -> None:
+    """What `tidelog.wire.batch.stamp(batch, 0, 0, random_bytes)` writes, without the 0.8
+    checksums: a random UUIDv4 for every zero id (the same bytes asked for, the same bits
+    set), offsets 0, 1, ... and timestamps 0."""
+    n = len(ends)
+    a = np.frombuffer(mv, dtype=np.uint8)
+    starts = np.concatenate((np.zeros(1, dtype=np.int64), ends[:-1]))
+    native = _native
+    # The C count spares the gather in the usual case, producers setting ids.
+    if native is None or native.zero_ids(mv, ends):
+        id_starts = starts + ID_AT
+        missing = ~_rows(a, id_starts, 16).any(axis=1)
+        n_missing = int(missing.sum())
+        if n_missing:
+            _put_rows(a, id_starts[missing], batch08.random_uuids(random_bytes, n_missing))
+    stamped = np.zeros((n, 2), dtype="<u8")  # offset, timestamp (0.8 reference 4.1)
+    stamped[:, 0] = np.arange(n, dtype=np.uint64)
+    _put_rows(a, starts + OFFSET_AT, stamped.view(np.uint8).reshape(n, 16))
+
+
+def _converted_record(record: bytearray | memoryview, ends08: np.ndarray) -> Batch09:
+    """The `Batch09` of a record `v08_to_v09` just built from 0.8 messages ending at `ends08`
+    (one record): its frames are where the conversion put them, each 16 bytes shorter than
+    its message, so nothing needs parsing again."""
+    n = len(ends08)
+    ends = BATCH_HEADER_SIZE + ends08 - (MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE) * np.arange(1, n + 1)
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = BATCH_HEADER_SIZE
+    starts[1:] = ends[:-1]
+    assert int(ends[-1]) == len(record)
+    spans = ends - starts
+    uniform = int(spans[0]) if bool((spans == spans[0]).all()) else 0
+    return Batch09(buf=memoryview(record), count=n, starts=starts, ends=ends, uniform_size=uniform)
+
+
+def record_in_place(
+    room: memoryview,
+    messages_at: int,
+    ends: np.ndarray,
+    random_bytes: Callable[[int], bytes],
+    partition_id: int,
+) -> Batch09 | None:
+    """The 0.8 SendMessages batch at `room[messages_at:]` (messages ending at `ends`, relative
+    to `messages_at`) rewritten in place as one record at `room[messages_at - 256:]`: what
+    `record_from_v08` gives, without a new buffer (the request's index table before the
+    messages is the room for the record header). C only: None without the kernel, with too
+    little room, or when origin timestamps spread over u32 µs (then nothing was changed and
+    `record_from_v08` on the messages does the rest)."""
+    native = _native
+    if native is None or messages_at < BATCH_HEADER_SIZE or room.readonly or not len(ends):
+        return None
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    messages = room[messages_at:]
+    zeros = native.zero_ids(messages, ends)
+    raw = random_bytes(16 * zeros) if zeros else None
+    if native.send_v09(room, messages_at, ends, partition_id, raw):
+        return None  # 4038: the caller cuts several records
+    total = BATCH_HEADER_SIZE + int(ends[-1]) - (MESSAGE_HEADER_SIZE - FRAME_HEADER_SIZE) * len(ends)
+    start = messages_at - BATCH_HEADER_SIZE
+    return _converted_record(room[start : start + total], ends)
+
+
+def record_from_v08(
+    buf: memoryview, ends: np.ndarray, random_bytes: Callable[[int], bytes], partition_id: int
+) -> list[Batch09]:
+    """A 0.8 SendMessages batch as 0.9 records, ready for the partition to stamp: one
+    record, unless origin timestamps spread over more than u32 µs (the reach of a frame's
+    `timestamp_delta`, 4.2), which the 0.8 protocol allows: then as few records as keep each
+    spread within it (a greedy cut, one Python step per message on that rare path only).
+
+    `buf`/`ends` are unstamped 0.8 messages as `tidelog.wire.batch.parse_send_batch` gives
+    them (writable; 64-byte headers). They are rewritten in place first, as
+    `tidelog.wire.batch.stamp(batch, 0, 0, random_bytes)` does: zero ids get random UUIDv4s
+    (`random_bytes` called once, for 16 bytes per zero id), offsets become 0, 1, ... and
+    timestamps 0 whatever the client sent, so that `v08_to_v09` does not cut records there.
+    That is the C `stamp` where built (`_C_STAMP_08`), else `_unstamp_08`. Each record has
+    base_offset and base_timestamp 0, the given partition id,
+    frame checksums and a batch checksum; `stamp_batch` then sets the real ones.
+    """
+    mv = _as_bytes_view(buf)
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    if not len(ends):
+        raise ValueError("a SendMessages batch holds at least one message")
+    assert not mv.readonly
+    if _native is not None and _C_STAMP_08:
+        batch08.stamp(batch08.Batch(count=len(ends), buf=mv, ends=ends), 0, 0, random_bytes)
+    else:
+        _unstamp_08(mv, ends, random_bytes)
+    try:
+        record = v08_to_v09(mv, ends, partition_id)
+    except BatchError as exc:
+        if exc.status is not Status09.INVALID_MESSAGE_TIMESTAMP_DELTA:
+            raise
+    else:
+        return [_converted_record(record, ends)]
+    origins = batch08.header_u64(mv, ends, batch08.ORIGIN_TIMESTAMP_AT)
+    starts, low, high = [0], int(origins[0]), int(origins[0])
+    for i, origin in enumerate(origins.tolist()):
+        low, high = min(low, origin), max(high, origin)
+        if high - low > U32_MAX:
+            starts.append(i)
+            low = high = origin
+    records = v08_to_v09(mv, ends, partition_id, np.array(starts, dtype=np.int64))
+    return parse_records(records, verify_checksums=False, allow_empty_payload=True)
