@@ -554,14 +554,15 @@ class Segment:
         m = len(ends)
         if not m:
             return Span([], 0, 0, False)
-        u0, u1 = self._bounds(lo)[0], self._bounds(lo + m - 1)[1]
+        columns = self._columns() if self.fmt is RECORD_LOG else None
+        u0, u1 = self._bounds(lo, columns)[0], self._bounds(lo + m - 1, columns)[1]
         if (u0, u1) == (lo, lo + m):
             ubase, uends, uts = base, ends, None
         else:
             ubase = self._end(u0 - 1)
             uends, uts = self._entries(u0, u1)
         length = int(uends[-1]) - ubase
-        if self._known_good(u0, u1) and (self._ends is not None or self._boundaries_agree(u0, u1)):
+        if self._known_good(u0, u1) and (self._ends is not None or self._boundaries_agree(u0, u1, columns)):
             fd = self.log.fileno() if file_range else None
             return self._span(lo, lo + m, u0, ubase, uends, uts, None, fd, False)
         data = self.read(ubase, length)
@@ -664,11 +665,13 @@ class Segment:
         nbytes = sum(p.length if isinstance(p, FileRange) else memoryview(p).nbytes for p in pieces)
         return Span(pieces, b - a, nbytes, damaged)
 
-    def _bounds(self, i: int) -> tuple[int, int]:
-        """[first, end) of the unit holding message i."""
+    def _bounds(self, i: int, columns: Columns | None = None) -> tuple[int, int]:
+        """[first, end) of the unit holding message i (`columns`: the whole index, when the
+        caller holds it already)."""
         if self.fmt is not RECORD_LOG:
             return i, i + 1
-        columns = self._columns()
+        if columns is None:
+            columns = self._columns()
         if columns is not None:
             return self.fmt.unit_bounds(columns[1], i)
         ts = int(self._entries(i, i + 1)[1][0])
@@ -705,21 +708,26 @@ class Segment:
             merged.remove(min(merged, key=lambda r: r[1] - r[0]))
         self._verified = merged
 
-    def _unit_agrees(self, i: int) -> bool:
+    def _unit_agrees(self, i: int, columns: Columns | None = None) -> bool:
         """The head of the unit holding message i declares what the index says of it: its
         first offset, timestamp, size and message count."""
-        i0, i1 = self._bounds(i)
-        start = self._end(i0 - 1)
-        ts = int(self._entries(i, i + 1)[1][0])
-        expected = UnitHead(self.start_offset + i0, ts, self._end(i1 - 1) - start, i1 - i0)
+        i0, i1 = self._bounds(i, columns)
+        if columns is not None:
+            ends, timestamps = columns
+            start = int(ends[i0 - 1]) if i0 else 0
+            end, ts = int(ends[i1 - 1]), int(timestamps[i])
+        else:
+            start, end = self._end(i0 - 1), self._end(i1 - 1)
+            ts = int(self._entries(i, i + 1)[1][0])
+        expected = UnitHead(self.start_offset + i0, ts, end - start, i1 - i0)
         return read_head(self.fmt, self.log, start) == expected
 
-    def _boundaries_agree(self, u0: int, u1: int) -> bool:
+    def _boundaries_agree(self, u0: int, u1: int, columns: Columns | None = None) -> bool:
         """The heads of the first and the last unit of messages [u0, u1) declare the offsets,
         timestamps and sizes the index gives: then the range holds exactly those units."""
-        if not self._unit_agrees(u0):
+        if not self._unit_agrees(u0, columns):
             return False
-        return self._bounds(u0)[1] >= u1 or self._unit_agrees(u1 - 1)
+        return self._bounds(u0, columns)[1] >= u1 or self._unit_agrees(u1 - 1, columns)
 
     def _index_suspect(self, i: int, position: int) -> bool:
         """The unit starting with message i failed where the index says it starts: is the
