@@ -207,6 +207,14 @@ static int as_u64(PyObject *obj, const char *name, uint64_t *out) {
     return 0;
 }
 
+/* A random UUIDv4 from 16 random bytes: RFC 9562 version 4 and variant bits, at the same byte
+   positions as the numpy path (the 16 bytes are then read as a little-endian u128). */
+static inline void set_uuid4(uint8_t *id, const uint8_t *random16) {
+    memcpy(id, random16, ID_BYTES);
+    id[6] = (uint8_t)((id[6] & 0x0F) | 0x40);
+    id[8] = (uint8_t)((id[8] & 0x3F) | 0x80);
+}
+
 static Py_ssize_t count_zero_ids(const uint8_t *base, const int64_t *ends, Py_ssize_t count) {
     Py_ssize_t zeros = 0;
     int64_t start = 0;
@@ -297,13 +305,8 @@ static PyObject *stamp(PyObject *module, PyObject *args) {
         /* The bound re-check only matters if another thread rewrites ids meanwhile; it keeps
            that race from reading past random16. */
         if (id_is_zero(message) && next_random < random_end) {
-            uint8_t *id = message + ID_AT;
-            memcpy(id, next_random, ID_BYTES);
+            set_uuid4(message + ID_AT, next_random);
             next_random += ID_BYTES;
-            /* RFC 9562 version 4 and variant bits, at the same byte positions as the numpy path
-               (the 16 bytes are then read as a little-endian u128). */
-            id[6] = (uint8_t)((id[6] & 0x0F) | 0x40);
-            id[8] = (uint8_t)((id[8] & 0x3F) | 0x80);
         }
         store_le64(message + OFFSET_AT, base_offset + (uint64_t)i);
         store_le64(message + TIMESTAMP_AT, timestamp_us);
@@ -643,6 +646,22 @@ static PyObject *scan(PyObject *module, PyObject *args) {
     return Py_BuildValue("(NL)", out, (long long)pos);
 }
 
+/* The batch checksum (0.9 reference 4.2) of a record at head whose header fields are written
+   and whose frames follow it, converted from the 0.8 messages [i, j) ending at ends (a frame
+   is 16 bytes shorter than its message): XXH3 over the fields and the frame checksums. */
+static uint64_t record_digest(const uint8_t *head, const int64_t *ends, Py_ssize_t i, Py_ssize_t j) {
+    XXH3_state_t state;
+    XXH3_64bits_reset(&state);
+    XXH3_64bits_update(&state, head, 40);
+    XXH3_64bits_update(&state, head + 48, 4);
+    int64_t f_at = BATCH_HEADER_BYTES;
+    for (Py_ssize_t k = i; k < j; k++) {
+        XXH3_64bits_update(&state, head + f_at, 8);
+        f_at += ends[k] - (k ? ends[k - 1] : 0) - HEADER_BYTES + FRAME_HEADER_BYTES;
+    }
+    return XXH3_64bits_digest(&state);
+}
+
 PyDoc_STRVAR(to_v09_doc,
 "to_v09(buf, ends, partition_id) -> bytearray | int\n\n"
 "Stored 0.8 messages (ending at ends) as 0.9 records, one per run of consecutive offsets\n"
@@ -763,16 +782,7 @@ static PyObject *to_v09(PyObject *module, PyObject *args) {
         store_le64(head + 24, origin_min);
         store_le64(head + 32, (uint64_t)(w - at));
         store_le32(head + 48, (uint32_t)(j - i));
-        XXH3_state_t state;
-        XXH3_64bits_reset(&state);
-        XXH3_64bits_update(&state, head, 40);
-        XXH3_64bits_update(&state, head + 48, 4);
-        int64_t f_at = at + BATCH_HEADER_BYTES;
-        for (Py_ssize_t k = i; k < j; k++) {
-            XXH3_64bits_update(&state, out + f_at, 8);
-            f_at += ends[k] - (k ? ends[k - 1] : 0) - HEADER_BYTES + FRAME_HEADER_BYTES;
-        }
-        store_le64(head + 40, XXH3_64bits_digest(&state));
+        store_le64(head + 40, record_digest(head, ends, i, j));
         at = w;
         i = j;
     }
@@ -948,17 +958,14 @@ static PyObject *send_v09(PyObject *module, PyObject *args) {
         uint8_t *m = base + r;
         int64_t body = ends[i] - r - HEADER_BYTES;
         uint8_t id[ID_BYTES], lengths[8];
-        memcpy(id, m + ID_AT, ID_BYTES);
+        if (id_is_zero(m)) {
+            set_uuid4(id, next_random);
+            next_random += ID_BYTES;
+        } else {
+            memcpy(id, m + ID_AT, ID_BYTES);
+        }
         memcpy(lengths, m + USER_HEADERS_LENGTH_AT, 8);
         uint64_t origin = load_le64(m + ORIGIN_TIMESTAMP_AT);
-        int zero = 1;
-        for (int k = 0; k < ID_BYTES; k++) zero &= id[k] == 0;
-        if (zero) {
-            memcpy(id, next_random, ID_BYTES);
-            next_random += ID_BYTES;
-            id[6] = (uint8_t)((id[6] & 0x0F) | 0x40);
-            id[8] = (uint8_t)((id[8] & 0x3F) | 0x80);
-        }
         /* The frame goes where this message's bytes (or earlier ones) were: body first, by
            memmove, since the two may overlap; the header fields were read above. */
         uint8_t *f = head + BATCH_HEADER_BYTES + w;
@@ -977,16 +984,7 @@ static PyObject *send_v09(PyObject *module, PyObject *args) {
     store_le64(head + 24, lo);
     store_le64(head + 32, (uint64_t)(BATCH_HEADER_BYTES + w));
     store_le32(head + 48, (uint32_t)n);
-    XXH3_state_t state;
-    XXH3_64bits_reset(&state);
-    XXH3_64bits_update(&state, head, 40);
-    XXH3_64bits_update(&state, head + 48, 4);
-    int64_t f_at = BATCH_HEADER_BYTES;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        XXH3_64bits_update(&state, head + f_at, 8);
-        f_at += ends[i] - (i ? ends[i - 1] : 0) - HEADER_BYTES + FRAME_HEADER_BYTES;
-    }
-    store_le64(head + 40, XXH3_64bits_digest(&state));
+    store_le64(head + 40, record_digest(head, ends, 0, n));
     Py_END_ALLOW_THREADS
     if (have_random) PyBuffer_Release(&random);
     PyBuffer_Release(&ends_view);

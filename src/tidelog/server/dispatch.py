@@ -19,7 +19,7 @@ import resource
 import shutil
 import socket
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -990,7 +990,7 @@ class Dispatcher:
         pid = self._choose_partition(topic, partitioning)
         key, part = self.partition(topic, pid)
         durable = None
-        batches: list[wbatch.Batch] | list[Batch09] = [batch]  # type: ignore[assignment]
+        batches: Sequence[wbatch.Batch | Batch09] = [batch]
         try:
             if part.store_format is StoreFormat.RECORDS and isinstance(batch, wbatch.Batch):
                 record = None
