@@ -24,6 +24,10 @@ def stamp(
 ) -> None: ...
 def checksums_verify(buf: _Bytes, ends: np.ndarray | memoryview, /) -> int: ...
 def records_v08(buf: _Bytes, /) -> tuple[bytearray, bytes]: ...  # (0.8 messages, int64 ends)
+def file_records_v08(
+    fd: int, offset: int, length: int, count: int, /
+) -> tuple[bytearray, bytes, int]: ...  # (buffer, int64 ends, size of the 0.8 messages)
+def set_avx2(enabled: bool, /) -> bool: ...
 def send_v09(
     room: _Bytes, messages_at: int, ends: np.ndarray, partition_id: int, random16: _Bytes | None, /
 ) -> int: ...  # 0, or 4038 (nothing changed)

@@ -507,3 +507,27 @@ def test_validate_given_unaligned_views_when_validated_should_read_them_whole() 
     status, raw = _stamp.validate(index_view, area_view, 2, MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES)
     assert status == 0 and raw is not None
     assert np.frombuffer(raw, dtype=np.int64).tolist() == [67, 133]
+
+
+@pytest.mark.parametrize("avx2", [True, False])
+def test_digests_given_each_hash_loop_when_hashed_should_equal_xxh3_at_every_length(avx2: bool) -> None:
+    native = pytest.importorskip("tidelog._stamp")
+    active = native.set_avx2(avx2)
+    try:
+        if avx2 and not active:
+            pytest.skip("this CPU has no AVX2")
+        buf = os.urandom(70_000)
+        lengths = [*range(0, 300), 511, 512, 1023, 1024, 1025, 4096, 65_536]
+        starts = np.arange(len(lengths), dtype=np.int64) % 97
+        ends = starts + 8 + np.array(lengths, dtype=np.int64)
+        out = np.zeros(len(lengths), dtype=np.uint64)
+
+        native.digests(buf, starts, ends, out)
+
+        want = [
+            xxhash.xxh3_64_intdigest(buf[a + 8 : b])
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
+        assert out.tolist() == want
+    finally:
+        native.set_avx2(True)

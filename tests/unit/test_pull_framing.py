@@ -55,8 +55,6 @@ def request08(code: int, payload: bytes) -> bytes:
     return f08.encode_request(code, payload)
 
 
-
-
 # --- 0.8 server side ---------------------------------------------------------------------------
 
 REQUESTS08 = [

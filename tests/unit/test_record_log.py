@@ -5,9 +5,11 @@ conversions between it and 0.8 messages."""
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from tests.unit.test_v09_batch import (
     _messages,
     _rechecksum,
 )
+from tidelog.storage.integrity import RECORD_LOG
 from tidelog.wire import batch as batch08
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES
 from tidelog.wire.v09 import batch as batch_module
@@ -33,6 +36,7 @@ from tidelog.wire.v09.batch import (
     BatchError,
     RecordHead,
     build_batch,
+    file_records_to_v08,
     parse_batch,
     parse_records,
     poll_slice,
@@ -663,6 +667,76 @@ def test_records_to_v08_given_bytes_that_do_not_tile_when_converted_should_raise
             records_to_v08(broken)
 
 
+# Long enough payloads that checksums take xxHash's long-input loop (over 240 bytes).
+_long_messages = st.lists(
+    st.tuples(
+        st.integers(min_value=1, max_value=(1 << 128) - 1),
+        st.binary(min_size=1, max_size=700),
+        st.binary(max_size=40),
+        st.integers(min_value=0, max_value=1 << 20),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@_FIXTURE_OK
+@given(
+    st.lists(st.one_of(_messages, _long_messages), min_size=1, max_size=4),
+    st.integers(min_value=0, max_value=5000),
+    st.booleans(),
+)
+def test_file_records_to_v08_given_records_in_a_file_when_converted_should_equal_records_to_v08(
+    kernel: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    batches: list[list[tuple[int, bytes, bytes, int]]],
+    at: int,
+    count_too_low: bool,
+) -> None:
+    log, _, ends = _stamped_log(batches, 11)
+    path = tmp_path_factory.mktemp("f") / "log"
+    path.write_bytes(os.urandom(at) + log + os.urandom(100))
+    # The caller's count only sizes the room to convert in place: one too few needs a copy.
+    count = len(ends) - 1 if count_too_low and len(ends) > 1 else len(ends)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data, got_ends, size = file_records_to_v08(fd, at, len(log), count)
+    finally:
+        os.close(fd)
+
+    want, want_ends = records_to_v08(log)
+    assert bytes(memoryview(data)[:size]) == bytes(want) and got_ends.tolist() == want_ends.tolist()
+    assert batch08.verify_stored(bytes(want), want_ends, 11) == -1
+
+
+def test_file_records_to_v08_given_a_range_not_whole_records_when_converted_should_raise(
+    kernel: str, tmp_path: Path
+) -> None:
+    log = bytes(build_batch([1, 2], [b"a", b"bc"], [b"", b""], [ORIGIN_US] * 2, base_offset=3))
+    path = tmp_path / "log"
+    path.write_bytes(log + log)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for at, length in ((0, len(log) - 1), (1, len(log)), (0, len(log) + 10), (len(log), len(log) + 1)):
+            with pytest.raises(BatchError):
+                file_records_to_v08(fd, at, length, 2)
+    finally:
+        os.close(fd)
+
+
+def test_file_records_to_v08_given_a_closed_descriptor_when_converted_should_raise_os_error(
+    kernel: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(bytes(build_batch([1], [b"a"], [b""], [ORIGIN_US], base_offset=3)))
+    fd = os.open(path, os.O_RDONLY)
+    os.close(fd)
+
+    with pytest.raises(OSError):
+        file_records_to_v08(fd, 0, 100, 1)
+
+
 @given(_messages08, st.integers(min_value=256, max_value=400))
 def test_record_in_place_given_send_batch_with_room_when_converted_should_equal_the_copying_conversion(
     messages: list[tuple[int, bytes, bytes, int]], room_bytes: int
@@ -693,3 +767,16 @@ def test_record_in_place_given_wide_origins_or_no_room_when_converted_should_cha
         before = bytes(room)
         assert batch_module.record_in_place(memoryview(room), room_bytes, parsed.ends, _Random(), 0) is None
         assert bytes(room) == before
+
+
+@given(st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=30), st.data())
+def test_unit_bounds_given_runs_of_timestamps_when_asked_for_any_message_should_give_its_run(
+    runs: list[int], data: st.DataObject
+) -> None:
+    timestamps = np.repeat(np.arange(len(runs), dtype=np.uint64) * 3 + 10, runs)
+    i = data.draw(st.integers(min_value=0, max_value=len(timestamps) - 1))
+
+    first, end = RECORD_LOG.unit_bounds(timestamps, i)
+
+    run = int(np.searchsorted(np.cumsum(runs), i, side="right"))
+    assert (first, end) == (sum(runs[:run]), sum(runs[: run + 1]))

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from tests.unit.test_partition import batch_of
+from tidelog.server.dispatch import records_as_v08
 from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.integrity import StoreFormat
-from tidelog.storage.io import BufferedIO, DirectIO, FileIO, MemIO, join_pieces
+from tidelog.storage.io import BufferedIO, DirectIO, File, FileIO, MemIO, join_pieces
 from tidelog.storage.partition import Partition, PartitionConfig, PollResult
 from tidelog.wire.batch import scan_messages
 from tidelog.wire.v09.batch import parse_records, record_from_v08, records_to_v08
@@ -58,10 +59,13 @@ def check_every_window(part: Partition, total: int, file_ranges: bool) -> None:
             got = records_of(result)
             assert [o for o, _, _ in got] == list(range(start, min(start + count, total)))
             assert [p for _, p, _ in got] == [payload(o) for o, _, _ in got]
-            # 0.8 clients get the same messages, converted whole.
+            # 0.8 clients get the same messages, converted whole: file ranges read into
+            # their reply buffers and converted there, pieces in memory copied.
             data, _ = records_to_v08(join_pieces(result.chunks))
             scanned, valid = scan_messages(data, True, start)
             assert valid == len(data) and len(scanned) == len(got)
+            as_v08 = records_as_v08(result, 1 << 30)
+            assert as_v08.count == len(got) and bytes(join_pieces(as_v08.chunks)) == bytes(data)
 
 
 @pytest.fixture(params=["buffered", "direct", "mem"])
@@ -120,6 +124,66 @@ def test_records_given_byte_budget_when_polled_should_cut_the_last_record_within
         assert got and [o for o, _, _ in got] == list(range(2, 2 + len(got)))
         frames = sum(48 + len(p) for _, p, _ in got)
         assert len(got) == 1 or frames <= budget
+
+
+@pytest.mark.parametrize("file_ranges", [True, False])
+def test_records_as_v08_given_a_reply_cap_when_converted_should_keep_the_messages_that_fit_and_at_least_one(
+    tmp_path: Path, file_ranges: bool
+) -> None:
+    part = Partition.open(tmp_path / "p", 4, RECORDS)
+    append_records(part, SIZES)
+    part.flush(True)
+    total = sum(SIZES)
+    result = part.poll(0, total, file_ranges=file_ranges)
+    data, ends = records_to_v08(join_pieces(result.chunks))
+    assert any(not isinstance(c, bytes | memoryview) for c in result.chunks) == file_ranges
+    for cap in (1, int(ends[0]), int(ends[0]) + 1, int(ends[6]), int(ends[-1]) - 1, int(ends[-1])):
+        capped = records_as_v08(part.poll(0, total, file_ranges=file_ranges), cap)
+        kept = max(int(np.searchsorted(ends, cap, side="right")), 1)
+        assert capped.count == kept and capped.first_offset == 0
+        assert bytes(join_pieces(capped.chunks)) == bytes(data[: int(ends[kept - 1])])
+    part.close()
+
+
+class LogReadsIO(BufferedIO):
+    """Counts the reads of record logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_reads = 0
+
+    def open(self, path: Path) -> File:
+        file = super().open(path)
+        if path.suffix == ".rlog":
+            pread = file.pread
+
+            def counted(length: int, offset: int) -> bytes:
+                self.log_reads += 1
+                return pread(length, offset)
+
+            file.pread = counted  # type: ignore[method-assign]
+        return file
+
+
+def test_records_given_sealed_segment_when_polled_should_check_boundaries_only_of_a_loaded_index(
+    tmp_path: Path,
+) -> None:
+    io = LogReadsIO()
+    part = Partition.open(tmp_path / "p", 4, RECORDS, io=io, index_cache=IndexCache(1 << 20))
+    append_records(part, SIZES)
+    part.flush(True)
+    assert part.segments_count >= 3
+    # The index of a segment sealed here was built while appending: it is not checked.
+    io.log_reads = 0
+    assert records_of(part.poll(0, SIZES[0], file_ranges=True))
+    assert io.log_reads == 0
+    part.close()
+    # Loaded from the file, it is: the heads of the first and last record read are compared.
+    again = Partition.open(tmp_path / "p", 4, RECORDS, io=io, index_cache=IndexCache(1 << 20))
+    io.log_reads = 0
+    assert records_of(again.poll(0, SIZES[0], file_ranges=True))
+    assert io.log_reads >= 1
+    again.close()
 
 
 def test_records_given_damaged_frame_on_disk_when_polled_should_serve_only_the_records_before_it(

@@ -564,7 +564,6 @@ def test_v08_to_v09_given_origins_spread_over_u32_when_converted_should_fail_wit
     assert caught.value.code == 4038
 
 
-
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=600), start=st.integers(min_value=0, max_value=300))
 def test_walk_frames_given_any_bytes_when_walked_in_c_should_equal_the_struct_walk(
@@ -656,6 +655,7 @@ def test_v09_to_v08_given_no_checksums_when_converted_should_leave_them_0_on_bot
     ]
     assert batch08.verify_checksums(full, np.array(ends)) == -1
 
+
 def test_v09_to_v08_given_zero_ids_when_converted_in_c_should_keep_them_as_the_reference_does() -> None:
     if _KERNEL is None:
         pytest.skip("C kernel tidelog._stamp not built")
@@ -673,6 +673,7 @@ def test_v08_to_v09_given_lengths_that_do_not_fill_spans_when_converted_in_c_sho
     stored, ends = _stored_08([[(1, b"abc", b"", 0), (2, b"d", b"", 0)]], 0)
     with pytest.raises(ValueError):
         v08_to_v09(stored, ends - np.array([0, 1]), 0)
+
 
 # --- poll reply slices (4.5) -----------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from tidelog.config import FsyncPolicy, render_config
 from tidelog.server.connection import OK_EMPTY, Connection, Failed, Ok, RequestKey, Result
 from tidelog.server.shard import PartitionKey, Session, Shard
 from tidelog.storage.integrity import StoreFormat
-from tidelog.storage.io import join_pieces
+from tidelog.storage.io import FileRange, join_pieces
 from tidelog.storage.partition import Partition, PollResult
 from tidelog.storage.segment import Piece
 from tidelog.wire import batch as wbatch
@@ -75,6 +75,7 @@ from tidelog.wire.v09.batch import (
     BATCH_HEADER_SIZE,
     Batch09,
     BatchError,
+    file_records_to_v08,
     record_from_v08,
     record_in_place,
     records_to_v08,
@@ -121,6 +122,47 @@ def _reply(payload: bytes | None) -> Ok:
 
 def _deny() -> IggyError:
     return IggyError(Status.UNAUTHORIZED)
+
+
+def records_as_v08(result: PollResult, max_bytes: int) -> PollResult:
+    """Polled 0.9 records as 0.8 messages (whole-buffer conversions, C kernel), within
+    `max_bytes`: a 0.8 message is 16 bytes longer than its frame, so the last few messages
+    the stored bytes fitted may not fit converted (at least one stays). Whole records in a
+    file are read straight into their reply buffer and converted there; pieces in memory
+    (the tail, cut records) are converted into a new one."""
+    parts: list[tuple[bytearray, np.ndarray, int]] = []
+    in_memory: list[Piece] = []
+    for piece in result.chunks:
+        if isinstance(piece, FileRange):
+            if in_memory:
+                parts.append(_converted(in_memory))
+                in_memory = []
+            parts.append(file_records_to_v08(piece.fd, piece.offset, piece.length, result.count))
+        else:
+            in_memory.append(piece)
+    if in_memory:
+        parts.append(_converted(in_memory))
+    assert sum(len(ends) for _, ends, _ in parts) == result.count
+    chunks: list[Piece] = []
+    kept = room = 0
+    for data, ends, size in parts:
+        if room + size > max_bytes:
+            fit = max(int(ends.searchsorted(max_bytes - room, side="right")), 0 if kept else 1)
+            if fit:
+                chunks.append(memoryview(data)[: int(ends[fit - 1])])
+            kept += fit
+            break
+        chunks.append(memoryview(data)[:size])
+        kept += len(ends)
+        room += size
+    return PollResult(result.first_offset, kept, chunks, StoreFormat.V08)
+
+
+def _converted(pieces: list[Piece]) -> tuple[bytearray, np.ndarray, int]:
+    """Records in memory (whole, or a cut record's rewritten header and its frames) as 0.8
+    messages: (buffer, ends, size)."""
+    data, ends = records_to_v08(join_pieces(pieces))
+    return data, ends, len(data)
 
 
 def _when_saved(done: concurrent.futures.Future[None]) -> Awaitable[None] | None:
@@ -1095,23 +1137,12 @@ class Dispatcher:
         deferred = req.auto_commit and self.fsync_always
         result = part.poll(start, req.count, self.max_poll_bytes, file_ranges=file_ranges and not deferred)
         if as_v08 and result.store_format is StoreFormat.RECORDS and result.count:
-            result = self._records_as_v08(result)
+            result = records_as_v08(result, self.max_poll_bytes)
         saved = None
         if req.auto_commit and result.count:
             saved = _when_saved(part.store_offset(kind, ckey, result.first_offset + result.count - 1))
         header = PollHeader(pid, part.current_offset, result.count)
         return Polled(header, result.chunks, saved, result.store_format)
-
-    def _records_as_v08(self, result: PollResult) -> PollResult:
-        """Polled 0.9 records as 0.8 messages (one whole-buffer conversion, C kernel), within
-        the reply cap: a 0.8 message is 16 bytes longer than its frame, so the last few
-        messages the stored bytes fitted may not fit converted (at least one stays)."""
-        data, ends = records_to_v08(join_pieces(result.chunks))
-        assert len(ends) == result.count
-        keep = max(int(np.searchsorted(ends, self.max_poll_bytes, side="right")), 1)
-        return PollResult(
-            result.first_offset, keep, [memoryview(data)[: int(ends[keep - 1])]], StoreFormat.V08
-        )
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind

@@ -161,10 +161,12 @@ class _RecordLog(LogFormat):
         return verify_records(data, ends, first_offset, timestamps)
 
     def unit_bounds(self, timestamps: np.ndarray, i: int) -> tuple[int, int]:
+        # The neighbours first: a poll usually starts at a record's first message and ends
+        # at its last, and two scalar comparisons cost less than a search.
         ts = timestamps[i]
-        return int(np.searchsorted(timestamps, ts, side="left")), int(
-            np.searchsorted(timestamps, ts, side="right")
-        )
+        first = int(timestamps.searchsorted(ts, side="left")) if i and timestamps[i - 1] == ts else i
+        more = i + 1 < len(timestamps) and timestamps[i + 1] == ts
+        return first, int(timestamps.searchsorted(ts, side="right")) if more else i + 1
 
 
 V08_LOG: LogFormat = _V08Log()

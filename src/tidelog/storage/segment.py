@@ -176,6 +176,9 @@ class Segment:
         self._first_ts = int(self._timestamps[0]) if n else 0
         self._last_ts = int(self._timestamps[n - 1]) if n else 0
         self._trusted_from = n if trusted_from is None else trusted_from
+        # The index the cache holds was built here (while appending, or rebuilt from the
+        # log), not loaded from the file: its unit boundaries need no check against the log.
+        self._own_columns = False
         self._verified: list[tuple[int, int]] = []
         self._reported: set[int] = set()
         self._unusable: str | None = None  # why the index cannot be used, if so
@@ -361,6 +364,7 @@ class Segment:
         ends, timestamps = self._ends[: self._n], self._timestamps[: self._n]
         self._ends = self._timestamps = None
         if self._n:
+            self._own_columns = True
             cache.put(self, ends, timestamps)
 
     def fdatasync(self) -> None:
@@ -389,6 +393,7 @@ class Segment:
             problem = self._sampled_headers_problem(ends, timestamps)
         if problem is not None:
             return self._repair_index(problem)
+        self._own_columns = False
         self._cache.put(self, ends, timestamps)
         return ends, timestamps
 
@@ -474,6 +479,7 @@ class Segment:
         self._trusted_from = 0
         self._verified.clear()
         self._first_ts, self._last_ts = int(timestamps[0]), int(timestamps[-1])
+        self._own_columns = True
         self._cache.put(self, ends, timestamps)
         log.warning("%s: index rebuilt from the log (%d entries)", self.log_path, self._n)
         return ends, timestamps
@@ -554,7 +560,7 @@ class Segment:
         m = len(ends)
         if not m:
             return Span([], 0, 0, False)
-        columns = self._columns() if self.fmt is RECORD_LOG else None
+        columns = self._columns()
         u0, u1 = self._bounds(lo, columns)[0], self._bounds(lo + m - 1, columns)[1]
         if (u0, u1) == (lo, lo + m):
             ubase, uends, uts = base, ends, None
@@ -562,7 +568,8 @@ class Segment:
             ubase = self._end(u0 - 1)
             uends, uts = self._entries(u0, u1)
         length = int(uends[-1]) - ubase
-        if self._known_good(u0, u1) and (self._ends is not None or self._boundaries_agree(u0, u1, columns)):
+        own_index = self._ends is not None or (self._own_columns and columns is not None)
+        if self._known_good(u0, u1) and (own_index or self._boundaries_agree(u0, u1, columns)):
             fd = self.log.fileno() if file_range else None
             return self._span(lo, lo + m, u0, ubase, uends, uts, None, fd, False)
         data = self.read(ubase, length)
@@ -686,7 +693,7 @@ class Segment:
         base = int(ends[0]) if lo else 0
         ends = ends[1:] if lo else ends
         if budget is not None:
-            fit = int(np.searchsorted(ends, base + budget, side="right"))
+            fit = int(ends.searchsorted(base + budget, side="right"))
             ends = ends[: max(fit, 1 if at_least_one else 0)]
         return base, ends
 

@@ -1109,6 +1109,27 @@ def records_to_v08(data: bytes | bytearray | memoryview) -> tuple[bytearray, np.
     return _records_to_v08_reference(data)
 
 
+def file_records_to_v08(fd: int, offset: int, length: int, count: int) -> tuple[bytearray, np.ndarray, int]:
+    """`records_to_v08` of the whole records stored at `fd[offset, offset + length)`, which
+    hold `count` messages or fewer: (buffer, ends, size), the 0.8 messages being
+    `buffer[:size]`. The C `file_records_v08` reads them into the reply buffer and converts
+    them there in place, so the bytes are copied once (page cache to reply) instead of twice;
+    the REFERENCE PATH reads them and converts them as `records_to_v08` does. OSError when
+    the read fails, BatchError when the bytes read are not whole records."""
+    native = _native
+    if native is not None:
+        try:
+            out, ends, size = native.file_records_v08(fd, offset, length, count)
+        except ValueError as exc:
+            raise BatchError(Status.INVALID_COMMAND, str(exc)) from exc
+        return out, np.frombuffer(ends, dtype=np.int64), size
+    data = os.pread(fd, length, offset)
+    if len(data) < length:
+        raise BatchError(Status.INVALID_COMMAND, "file_records_to_v08: the file ends inside the range")
+    converted, converted_ends = _records_to_v08_reference(data)
+    return converted, converted_ends, len(converted)
+
+
 def _records_to_v08_reference(data: bytes | bytearray | memoryview) -> tuple[bytearray, np.ndarray]:
     records = parse_records(data, verify_checksums=False, allow_empty_payload=True, copy_readonly=False)
     return v09_to_v08(records, checksums=True)
