@@ -40,10 +40,15 @@ build/faultfs.so: tests/faults/faultfs.c
 	$(CC) -O2 -Wall -shared -fPIC -o $@ $< -ldl -lpthread
 
 # The main suite (0.8 SDK; tests/conftest.py keeps tests/sdk09 out of it), then the 0.9 SDK
-# interop suite from its own venv. Both must pass.
+# interop suite from its own venv; then every suite that starts servers again, each server
+# running two shard processes. All must pass.
+SERVER_SUITES := tests/integration tests/compat tests/crash tests/harness
+TWO_SHARDS := TIDELOG_SYSTEM_SHARDING_CPU_ALLOCATION=2
 test: $(VENV)/.installed-dev $(SDK09_VENV)/.installed build/faultfs.so
 	$(PY) -m pytest -n 2 -q
 	$(SDK09_PY) -m pytest -n 2 -q tests/sdk09
+	$(TWO_SHARDS) $(PY) -m pytest -n 2 -q $(SERVER_SUITES)
+	$(TWO_SHARDS) $(SDK09_PY) -m pytest -n 2 -q tests/sdk09
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench

@@ -11,7 +11,7 @@ import json
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,15 @@ class TcpConfig:
 
 
 @dataclass(frozen=True)
+class ShardingConfig:
+    # One shard process per allocated CPU, each pinned to it, as Iggy reads the value: "all",
+    # a count ("4": the first four CPUs this process may use), a range ("4..8", end
+    # excluded), "numa:auto", or "numa:nodes=0,1;cores=4;no_ht=true". "1" (the default until
+    # every suite runs with several shards) is one unpinned process, as before shards.
+    cpu_allocation: str = "1"
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     segment_size_bytes: int = 1 * GIB
     message_expiry_us: int = U64_MAX  # topic default: never expire
@@ -81,6 +90,7 @@ class SystemConfig:
     # most this much in all (16 bytes per message; a segment's index larger than a quarter
     # of it is read by ranges instead). The active segment of each partition keeps its own.
     index_cache_bytes: int = 64 * MIB
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
 
 @dataclass(frozen=True)
@@ -255,6 +265,9 @@ def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
     return replace(obj, **changes)
 
 
+_DEFAULTS = Config()
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``TIDELOG_TCP_ADDRESS=...`` → ``{"tcp": {"address": ...}}``; ``TIDELOG_DATA_DIR`` → top level."""
     out: dict[str, Any] = {}
@@ -268,7 +281,15 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         section, _, key = rest.partition("_")
         if section in sections and key:
-            out.setdefault(section, {})[key] = value
+            target = out.setdefault(section, {})
+            # A table inside the section (TIDELOG_SYSTEM_SHARDING_CPU_ALLOCATION).
+            for inner in fields(getattr(_DEFAULTS, section)):
+                table = getattr(getattr(_DEFAULTS, section), inner.name)
+                if is_dataclass(table) and key.startswith(inner.name + "_"):
+                    target = target.setdefault(inner.name, {})
+                    key = key[len(inner.name) + 1 :]
+                    break
+            target[key] = value
     # Iggy's own variables for the root user, so Iggy's docs and scripts keep working.
     user, password = environ.get("IGGY_ROOT_USERNAME"), environ.get("IGGY_ROOT_PASSWORD")
     if (user is None) != (password is None):
@@ -307,10 +328,15 @@ def render_config(config: Config) -> str:
     deliberate choice: a field marked with ``secret_field`` never appears, whatever its value.
     """
     lines = _render_table(config)
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            lines += ["", f"[{f.name}]", *_render_table(value)]
+
+    def tables(obj: Any, prefix: str) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.extend(["", f"[{prefix}{f.name}]", *_render_table(value)])
+                tables(value, f"{prefix}{f.name}.")
+
+    tables(config, "")
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,7 @@ from tidelog.wire.codes import (
     IggyError,
     Status,
 )
-from tidelog.wire.primitives import Consumer, identifier_from_user
+from tidelog.wire.primitives import Consumer, ConsumerKind, PollingKind, identifier_from_user
 from tidelog.wire.records import (
     ClientDetails,
     ClientInfo,
@@ -296,7 +296,7 @@ class Dispatcher:
             conn.session = session
         if self.shard.stopping:
             return Failed(Status.DISCONNECTED, close=True)
-        if session.client_id not in self.shard.sessions:
+        if not session.proxy and session.client_id not in self.shard.sessions:
             # Evicted (heartbeat): the reference server answers StaleClient and closes.
             return Failed(Status.STALE_CLIENT, close=True)
         if self.heartbeat_enabled:
@@ -355,7 +355,10 @@ class Dispatcher:
     def partition(self, topic: md.TopicMeta, partition_id: int) -> tuple[PartitionKey, Partition]:
         self.md.require_partition(topic, partition_id)
         key = (topic.stream_id, topic.id, partition_id)
-        return key, self.shard.partitions[key]  # the shard opens every partition metadata names
+        part = self.shard.partitions.get(key)
+        if part is None:  # another shard's: the router sends requests to owners
+            raise IggyError(Status.PARTITION_NOT_FOUND, f"partition {partition_id} is not on this shard")
+        return key, part
 
     def stream_info(self, stream: md.StreamMeta) -> StreamInfo:
         size, count = self.shard.stream_totals(stream)
@@ -386,7 +389,7 @@ class Dispatcher:
     def topic_details(self, topic: md.TopicMeta) -> TopicDetails:
         parts = []
         for pid in sorted(topic.partitions):
-            part = self.shard.partitions[(topic.stream_id, topic.id, pid)]
+            part = self.shard.partition_view((topic.stream_id, topic.id, pid))
             parts.append(
                 PartitionInfo(
                     id=pid,
@@ -450,7 +453,8 @@ class Dispatcher:
             for topic in stream.topics.values():
                 topics += 1
                 groups += len(topic.groups)
-                for part in shard.topic_partitions(topic):
+                for pid in topic.partitions:
+                    part = shard.partition_view((topic.stream_id, topic.id, pid))
                     partitions += 1
                     segments += part.segments_count
                     messages += part.messages_count
@@ -466,7 +470,7 @@ class Dispatcher:
         cpu_pct = 100.0 * cpu_s / max(run_time_us / 1e6, 1e-6)
         uname = platform.uname()
         return Stats(
-            process_id=os.getpid(),
+            process_id=shard.server_pid,
             cpu_usage=float(cpu_pct),
             total_cpu_usage=float(os.getloadavg()[0] * 100 / (os.cpu_count() or 1)),
             memory_usage_bytes=usage.ru_maxrss * 1024,
@@ -482,7 +486,7 @@ class Dispatcher:
             partitions_count=partitions,
             segments_count=segments,
             messages_count=messages,
-            clients_count=len(shard.sessions),
+            clients_count=len(shard.sessions) + shard.remote_clients,
             consumer_groups_count=groups,
             hostname=socket.gethostname(),
             os_name=uname.system,
@@ -521,7 +525,7 @@ class Dispatcher:
                 )
                 zf.writestr("filesystem_overview.txt", listing)
             if 2 in types:
-                zf.writestr("process_list.txt", f"{os.getpid()} tidelog\n")
+                zf.writestr("process_list.txt", f"{self.shard.server_pid} tidelog\n")
             if 3 in types:
                 zf.writestr("resource_usage.txt", repr(resource.getrusage(resource.RUSAGE_SELF)))
             if 4 in types:
@@ -896,9 +900,9 @@ class Dispatcher:
         )
         removals = []
         for part in self.shard.topic_partitions(topic):
-            if part.get_offset(2, group.id) is not None:
+            if part.get_offset(ConsumerKind.CONSUMER_GROUP, group.id) is not None:
                 try:
-                    removals.append(part.delete_offset(2, group.id))
+                    removals.append(part.delete_offset(ConsumerKind.CONSUMER_GROUP, group.id))
                 except IggyError as exc:
                     log.error("group %d deleted, but not its stored offset: %s", group.id, exc)
         if any(not r.done() for r in removals):
@@ -919,13 +923,13 @@ class Dispatcher:
         topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
-        self.md.join_group(topic, group.id, session.client_id)
+        self.shard.join_group(topic, group.id, session.client_id)
 
     def leave_consumer_group(self, session: Session, req: c.LeaveConsumerGroup) -> None:
         topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.topic_read(self._perms(session), topic.stream_id, topic.id))
         group = self.md.require_group(topic, req.group_id)
-        self.md.leave_group(topic, group.id, session.client_id)
+        self.shard.leave_group(topic, group.id, session.client_id)
         session.group_partition.pop((topic.stream_id, topic.id, group.id), None)
 
     # ---- consumer offsets --------------------------------------------------------------
@@ -933,7 +937,7 @@ class Dispatcher:
         self, session: Session, consumer: Consumer, topic: md.TopicMeta, partition_id: int | None
     ) -> tuple[Partition, int, int]:
         """Resolves (partition, kind, consumer key) for store/delete (section 3.7)."""
-        if consumer.kind == 1:
+        if consumer.kind == ConsumerKind.CONSUMER:
             _, part = self.partition(topic, 0 if partition_id is None else partition_id)
             return part, 1, consumer_key(consumer)
         group = self.md.require_group(topic, consumer.id)
@@ -950,7 +954,7 @@ class Dispatcher:
         elif partition_id not in member.partitions:
             raise IggyError(Status.NOT_RESOLVED_CONSUMER)
         _, part = self.partition(topic, partition_id)
-        return part, 2, group.id
+        return part, ConsumerKind.CONSUMER_GROUP, group.id
 
     def get_consumer_offset(self, session: Session, req: c.GetConsumerOffset) -> bytes | None:
         stream = self.md.stream(req.stream_id)
@@ -963,11 +967,11 @@ class Dispatcher:
         part = self.shard.partitions.get(key)
         if part is None:
             return None
-        if req.consumer.kind == 1:
-            stored = part.get_offset(1, consumer_key(req.consumer))
+        if req.consumer.kind == ConsumerKind.CONSUMER:
+            stored = part.get_offset(ConsumerKind.CONSUMER, consumer_key(req.consumer))
         else:
             group = self.md.group(topic, req.consumer.id)
-            stored = None if group is None else part.get_offset(2, group.id)
+            stored = None if group is None else part.get_offset(ConsumerKind.CONSUMER_GROUP, group.id)
         if stored is None:
             return None
         return ConsumerOffsetInfo(
@@ -1029,7 +1033,9 @@ class Dispatcher:
         bytes before them may be overwritten: then the record is built in place there."""
         topic = self.topic(stream_ident, topic_ident)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
-        pid = self._choose_partition(topic, partitioning)
+        pid = session.route_partition
+        if pid is None:
+            pid = self.shard.choose_partition(topic, partitioning)
         key, part = self.partition(topic, pid)
         durable = None
         batches: Sequence[wbatch.Batch | Batch09] = [batch]
@@ -1064,20 +1070,6 @@ class Dispatcher:
             self.shard.mark_written(key)
         return Appended(key, last - batch.count + 1, durable)
 
-    def _choose_partition(self, topic: md.TopicMeta, partitioning: c.Partitioning) -> int:
-        count = len(topic.partitions)
-        kind = partitioning.kind
-        if kind == 2:
-            return int.from_bytes(partitioning.value, "little")
-        if count == 0:
-            raise IggyError(Status.TOPIC_ID_NOT_FOUND, "topic has no partitions")
-        if kind == 1:
-            tkey = (topic.stream_id, topic.id)
-            counter = self.shard.balanced_counters.get(tkey, 0)
-            self.shard.balanced_counters[tkey] = counter + 1
-            return counter % count
-        return xxhash.xxh32_intdigest(bytes(partitioning.value)) % count
-
     async def flush_unsaved_buffer(self, session: Session, req: c.FlushUnsavedBuffer) -> None:
         topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.send(self._perms(session), topic.stream_id, topic.id))
@@ -1111,17 +1103,19 @@ class Dispatcher:
         topic = self.topic(req.stream_id, req.topic_id)
         self._require(perm.poll(self._perms(session), topic.stream_id, topic.id))
         consumer = req.consumer
-        if consumer.kind == 1:
-            kind, ckey = 1, consumer_key(consumer)
+        if consumer.kind == ConsumerKind.CONSUMER:
+            kind, ckey = ConsumerKind.CONSUMER, consumer_key(consumer)
             pid = 0 if req.partition_id is None else req.partition_id
         else:
             group = self.md.require_group(topic, consumer.id)
             member = self.md.member_of(group, session.client_id)
             if member is None:
                 raise IggyError(Status.CONSUMER_GROUP_MEMBER_NOT_FOUND)
-            kind, ckey = 2, group.id
+            kind, ckey = ConsumerKind.CONSUMER_GROUP, group.id
             if req.partition_id is None:
-                chosen = self.md.next_partition(group, session.client_id)
+                chosen = session.route_partition
+                if chosen is None:
+                    chosen = self.md.next_partition(group, session.client_id)
             else:
                 chosen = req.partition_id if req.partition_id in member.partitions else None
             if chosen is None:
@@ -1146,16 +1140,16 @@ class Dispatcher:
 
     def _poll_start(self, part: Partition, req: c.PollMessages, kind: int, ckey: int) -> int | None:
         strategy = req.strategy_kind
-        if strategy == 1:  # offset
+        if strategy == PollingKind.OFFSET:
             return req.strategy_value
-        if strategy == 2:  # timestamp
+        if strategy == PollingKind.TIMESTAMP:
             return part.offset_for_timestamp(req.strategy_value)
-        if strategy == 3:  # first
+        if strategy == PollingKind.FIRST:
             return part.first_offset
-        if strategy == 4:  # last
+        if strategy == PollingKind.LAST:
             n = min(req.count, part.current_offset + 1)
             return max(part.first_offset, part.current_offset + 1 - n)
-        stored = part.get_offset(kind, ckey)  # next
+        stored = part.get_offset(kind, ckey)  # PollingKind.NEXT
         return part.first_offset if stored is None else stored + 1
 
     def _poll_reply(self, header: PollHeader, chunks: list[Piece]) -> Result:

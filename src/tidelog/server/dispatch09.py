@@ -31,7 +31,7 @@ from tidelog.storage.segment import Piece
 from tidelog.wire import batch as wbatch
 from tidelog.wire import requests as c
 from tidelog.wire.codes import MAX_CONTROL_PAYLOAD_BYTES, U32_MAX, IggyError, Status
-from tidelog.wire.primitives import identifier_from_user
+from tidelog.wire.primitives import ConsumerKind, identifier_from_user
 from tidelog.wire.v09 import bodies as b
 from tidelog.wire.v09 import frames as f
 from tidelog.wire.v09.batch import BatchError, parse_batch, v08_to_v09
@@ -187,7 +187,7 @@ class Dispatcher09:
         assert isinstance(session, Session)
         if self.shard.stopping:
             return Failed(Status.DISCONNECTED, close=True)
-        if session.client_id not in self.shard.sessions:
+        if not session.proxy and session.client_id not in self.shard.sessions:
             return Evicted(EvictionReason.STALE_CLIENT, close=True)
         if self.base.heartbeat_enabled:
             session.last_heartbeat_us = self.shard.clock_us()
@@ -501,7 +501,7 @@ class Dispatcher09:
     def poll_messages(
         self, session: Session, header: RequestHeader, req: c.PollMessages
     ) -> Result | Awaitable[Result]:
-        if req.consumer.kind == 2 and req.partition_id is None:
+        if req.consumer.kind == ConsumerKind.CONSUMER_GROUP and req.partition_id is None:
             # Group members poll explicit partitions from their synced assignment (5.4).
             raise IggyError(Status.INVALID_IDENTIFIER, "a consumer-group poll names its partition")
         polled = self.base.poll(

@@ -21,6 +21,7 @@ from then on) or the connection closes. That makes it deadlock-free:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,9 +74,32 @@ class RateLimitedLog:
 Grant = Callable[[], None]
 
 
+class SharedCount:
+    """A count every shard process of a server sees: shared memory and a lock, both made
+    before the shards are forked (the connections of the whole server, for
+    `max_connections`)."""
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.RawValue("q", 0)
+        self._lock = multiprocessing.Lock()
+
+    def take(self, limit: int) -> bool:
+        with self._lock:
+            if self._value.value >= limit:
+                return False
+            self._value.value += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            assert self._value.value > 0
+            self._value.value -= 1
+
+
 class ConnectionGate:
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, server_connections: SharedCount | None = None) -> None:
         self.limits = limits
+        self._server_connections = server_connections  # several shards: their sum is capped
         self.open_connections = 0
         self.reserved_bytes = 0
         self._waiting: deque[tuple[int, Grant]] = deque()
@@ -87,12 +111,18 @@ class ConnectionGate:
         """Counts a new connection in; False when it must be closed at once."""
         if self.open_connections >= self.limits.max_connections:
             return False
+        if self._server_connections is not None and not self._server_connections.take(
+            self.limits.max_connections
+        ):
+            return False
         self.open_connections += 1
         return True
 
     def release_connection(self) -> None:
         assert self.open_connections > 0
         self.open_connections -= 1
+        if self._server_connections is not None:
+            self._server_connections.give()
 
     # ---- incomplete-frame budget -----------------------------------------------------------
     @property

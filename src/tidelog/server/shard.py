@@ -13,14 +13,19 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import xxhash
 
 from tidelog import auth
 from tidelog.config import Config, FsyncPolicy
@@ -31,8 +36,11 @@ from tidelog.metadata import (
     Op,
     StreamMeta,
     TopicMeta,
+    op_from_json,
+    op_to_json,
 )
 from tidelog.permissions import ROOT_PERMISSIONS
+from tidelog.server import sharding
 from tidelog.server.connection import Connection
 from tidelog.storage.index_cache import IndexCache
 from tidelog.storage.integrity import StoreFormat
@@ -42,6 +50,7 @@ from tidelog.storage.partition import Partition, PartitionConfig
 from tidelog.storage.segment import DIRECT_SUFFIXES
 from tidelog.storage.writer import Writer
 from tidelog.wire.codes import NO_USER_ID, IggyError, Status
+from tidelog.wire.primitives import ConsumerKind, PartitioningKind
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +111,37 @@ class Session:
     vsr_session: int | None = None
     vsr_login_reply: bytes | None = None
     vsr_last_reply: tuple[int, int, int, bytes] | None = None  # client, request, status, body
+    # Multi-shard (router.py): a client of another shard whose requests run here, and the
+    # partition the client's shard chose for the request running now (balanced or keyed
+    # sends, group polls), which the handlers take instead of choosing again.
+    proxy: bool = False
+    route_partition: int | None = None
 
     @property
     def wire_user_id(self) -> int:
         return NO_USER_ID if self.user_id is None else self.user_id
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    """A partition's figures as its owner shard reported them (multi-shard stats)."""
+
+    segments_count: int = 0
+    current_offset: int = 0
+    size_bytes: int = 0
+    messages_count: int = 0
+
+
+@dataclass(frozen=True)
+class Published:
+    """One change shard 0 publishes to the other shards, in order: a logged metadata op
+    (`kind` "op", `payload` its JSON text, as the metadata log holds it), or a group
+    membership change, which is not logged (`kind` "join" or "leave": (stream, topic,
+    group, client); "leave_all": client)."""
+
+    revision: int
+    kind: str
+    payload: Any
 
 
 @dataclass
@@ -127,6 +163,38 @@ class StartupReport:
     segments_by_format: dict[StoreFormat, int] = field(default_factory=dict)
     store_format: StoreFormat = StoreFormat.RECORDS  # what new segments get
 
+    def counts(self) -> dict[str, Any]:
+        """The figures of the report (not its lists), as JSON: what a shard tells the
+        supervisor, which prints one report for the whole server (`merged`)."""
+        return {
+            "streams": self.streams,
+            "topics": self.topics,
+            "partitions": self.partitions,
+            "messages": self.messages,
+            "segments": self.segments,
+            "truncated_bytes": self.truncated_bytes,
+            "rebuilt_indexes": self.rebuilt_indexes,
+            "root_created": self.root_created,
+            "segments_by_format": {f.value: n for f, n in self.segments_by_format.items()},
+            "store_format": self.store_format.value,
+        }
+
+    @classmethod
+    def merged(cls, shards: list[dict[str, Any]]) -> StartupReport:
+        """One report of every shard's `counts`: each shard sees every stream and topic, and
+        recovers the partitions it owns."""
+        report = cls(store_format=StoreFormat(shards[0]["store_format"]))
+        report.streams = max(c["streams"] for c in shards)
+        report.topics = max(c["topics"] for c in shards)
+        for c in shards:
+            for name in ("partitions", "messages", "segments", "truncated_bytes", "rebuilt_indexes"):
+                setattr(report, name, getattr(report, name) + c[name])
+            report.root_created = report.root_created or c["root_created"]
+            for fmt, n in c["segments_by_format"].items():
+                key = StoreFormat(fmt)
+                report.segments_by_format[key] = report.segments_by_format.get(key, 0) + n
+        return report
+
     def upgrade_line(self) -> str:
         """What the start did about the store format, for the start-up report: nothing is
         ever rewritten; each segment's file name says its format, both generations read
@@ -137,7 +205,7 @@ class StartupReport:
         if not kept:
             return (
                 f"none needed: every segment ({current}) is in the configured store format "
-                f"({self.store_format} {_FORMAT_NAMES[self.store_format]})"
+                f"({_FORMAT_NAMES[self.store_format]})"
             )
         return (
             f"{kept} segments in the {other} format ({_FORMAT_NAMES[other]}) kept as they are and "
@@ -156,8 +224,22 @@ class Shard:
         config: Config,
         clock_us: Callable[[], int] = wall_clock_us,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        shard_id: int = 0,
+        shards: int = 1,
     ) -> None:
+        assert 0 <= shard_id < shards
         self.config = config
+        self.shard_id = shard_id
+        self.shards = shards
+        # Multi-shard: what shard 0 applied and has not yet published (router.py), the other
+        # shards' partition figures and clients as last gathered, and where a departing
+        # client's group memberships are ended (through shard 0).
+        self._outbox: list[Published] = []
+        self.views: dict[PartitionKey, PartitionView] = {}
+        self.remote_clients = 0
+        self.leave_all_hook: Callable[[int], None] | None = None
+        # The server's process: this one, or the supervisor of the shard processes.
+        self.server_pid = os.getpid() if shards == 1 else os.getppid()
         self.clock_us = clock_us
         self.random_bytes = random_bytes
         self.data_dir = Path(config.data_dir)
@@ -165,7 +247,7 @@ class Shard:
         self.metalog: MetaLog
         self.partitions: dict[PartitionKey, Partition] = {}
         self.sessions: dict[int, Session] = {}
-        self._next_client_id = 1
+        self._next_client_local = 1
         # Balanced partitioning: one round-robin counter per topic, not persisted (section 4.3).
         self.balanced_counters: dict[tuple[int, int], int] = {}
         self.started_at_us = 0
@@ -216,23 +298,13 @@ class Shard:
     # ---- lifecycle ---------------------------------------------------------------------
     def open(self) -> StartupReport:
         """Loads metadata, creates the root user on first start, recovers every partition."""
+        assert self.shard_id == 0, "shards 1 and up take shard 0's metadata (open_replica)"
         report = StartupReport()
         self.started_at_us = self.clock_us()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.config.system.io == "direct":
-            if not DirectIO.supported(self.data_dir):
-                raise RuntimeError(f"system.io = 'direct' but {self.data_dir} refuses O_DIRECT")
-            # Under fsync=always every acknowledgement waits for the log anyway: O_DSYNC makes
-            # each write durable in one device round trip instead of write + fdatasync.
-            dsync = self.config.durability.fsync is FsyncPolicy.ALWAYS
-            self.io = DirectIO(direct_suffixes=DIRECT_SUFFIXES, dsync=dsync)
-        defaults = MetadataDefaults(
-            segment_size_bytes=self.config.system.segment_size_bytes,
-            message_expiry=self.config.system.message_expiry_us,
-            max_topic_size=self.config.system.max_topic_size_bytes,
-        )
+        self._set_io()
         try:
-            self.metalog, self.metadata = MetaLog.open(self.data_dir / "metadata", defaults)
+            self.metalog, self.metadata = MetaLog.open(self.data_dir / "metadata", self._defaults())
         except MetaLogCorruption as e:
             # Nothing has been touched: no partition opened, no folder moved.
             raise StartupRefused(str(e)) from e
@@ -264,12 +336,35 @@ class Shard:
         report.store_format = self.partition_config.store_format
         self._sweep_deleted(report)
         self._quarantine_orphans(report)
+        self._open_owned(report)
+        return report
+
+    def _set_io(self) -> None:
+        if self.config.system.io == "direct":
+            if not DirectIO.supported(self.data_dir):
+                raise RuntimeError(f"system.io = 'direct' but {self.data_dir} refuses O_DIRECT")
+            # Under fsync=always every acknowledgement waits for the log anyway: O_DSYNC makes
+            # each write durable in one device round trip instead of write + fdatasync.
+            dsync = self.config.durability.fsync is FsyncPolicy.ALWAYS
+            self.io = DirectIO(direct_suffixes=DIRECT_SUFFIXES, dsync=dsync)
+
+    def _defaults(self) -> MetadataDefaults:
+        return MetadataDefaults(
+            segment_size_bytes=self.config.system.segment_size_bytes,
+            message_expiry=self.config.system.message_expiry_us,
+            max_topic_size=self.config.system.max_topic_size_bytes,
+        )
+
+    def _open_owned(self, report: StartupReport) -> None:
+        """Recovers every partition metadata names that this shard owns."""
         for stream in self.metadata.streams.values():
             report.streams += 1
             for topic in stream.topics.values():
                 report.topics += 1
                 for pid in topic.partitions:
                     key = (stream.id, topic.id, pid)
+                    if not self.owns(key):
+                        continue
                     part = self.open_partition(key)
                     rec = part.recovery
                     report.partitions += 1
@@ -283,7 +378,6 @@ class Shard:
                     report.rebuilt_indexes += rec.rebuilt_indexes
                     report.quarantined.extend(rec.quarantined)
                     report.problems.extend(f"partition {key}: {p}" for p in rec.problems)
-        return report
 
     # ---- folders metadata does not name ------------------------------------------------
     def _sweep_deleted(self, report: StartupReport) -> None:
@@ -435,8 +529,9 @@ class Shard:
 
     @property
     def metadata_read_only(self) -> str | None:
-        """Why metadata changes are refused (a metadata write failed), or None."""
-        return self.metalog.broken
+        """Why metadata changes are refused (a metadata write failed), or None. Shards 1 and
+        up hold no log: shard 0 answers for them (their changes are forwarded there)."""
+        return self.metalog.broken if self.shard_id == 0 else None
 
     def apply(self, op: Op) -> object:
         """Validates a metadata op, logs it durably, then applies it (log before apply).
@@ -445,9 +540,12 @@ class Shard:
         METADATA_READ_ONLY when this or an earlier metadata write failed. A caller acts on
         files (partitions) only after this returned.
         """
+        assert self.shard_id == 0, "only shard 0 changes metadata (router.py forwards the rest)"
         first_failure = self.metalog.broken is None
         try:
-            return self.metalog.apply(op)
+            result = self.metalog.apply(op)
+            self._note("op", json.dumps(op_to_json(op), separators=(",", ":")))  # as the log holds it
+            return result
         except MetaLogBroken as e:
             if first_failure and self.metalog.broken is not None:
                 log.critical(
@@ -488,7 +586,8 @@ class Shard:
             log.critical("%s", item.describe(self.partition_config.durable_polls))
         self.partitions.clear()
         self.writer.close()  # after the partitions: their closes still submit jobs
-        self.metalog.close()
+        if self.shard_id == 0:
+            self.metalog.close()
         return lost
 
     def _persist(self, key: PartitionKey, part: Partition, deadline_s: float) -> OSError | None:
@@ -551,22 +650,193 @@ class Shard:
     # ---- sessions ----------------------------------------------------------------------
     def open_session(self, conn: Connection | None, address: str) -> Session:
         now = self.clock_us()
-        session = Session(self._next_client_id, address, conn, now)
-        self._next_client_id += 1
+        # The top bits name this shard: ids are unique across shards without asking.
+        local = self._next_client_local
+        self._next_client_local = local % sharding.CLIENT_ID_LOCAL_MASK + 1
+        session = Session(sharding.client_id(self.shard_id, local), address, conn, now)
         self.sessions[session.client_id] = session
         return session
 
     def close_session(self, session: Session) -> None:
         self.sessions.pop(session.client_id, None)
-        self.metadata.leave_all(session.client_id)
+        if self.leave_all_hook is not None:
+            self.leave_all_hook(session.client_id)
+        else:
+            self.metadata.leave_all(session.client_id)
+
+    # ---- multi-shard: ownership, publication ---------------------------------------------
+    def owns(self, key: PartitionKey) -> bool:
+        return sharding.owner_of(*key, self.shards) == self.shard_id
+
+    def partition_view(self, key: PartitionKey) -> Partition | PartitionView:
+        """A partition's figures: the partition itself here, else what its owner reported."""
+        part = self.partitions.get(key)
+        return part if part is not None else self.views.get(key, PartitionView())
+
+    def choose_partition(self, topic: TopicMeta, partitioning: Any) -> int:
+        """The partition a send goes to: explicit (kind 2), balanced (1: a round robin per
+        topic, not persisted, section 4.3) or by message key (XXH32 of the key)."""
+        count = len(topic.partitions)
+        kind = partitioning.kind
+        if kind == PartitioningKind.PARTITION_ID:
+            return int.from_bytes(partitioning.value, "little")
+        if count == 0:
+            raise IggyError(Status.TOPIC_ID_NOT_FOUND, "topic has no partitions")
+        if kind == PartitioningKind.BALANCED:
+            tkey = (topic.stream_id, topic.id)
+            counter = self.balanced_counters.get(tkey, 0)
+            self.balanced_counters[tkey] = counter + 1
+            return counter % count
+        return xxhash.xxh32_intdigest(bytes(partitioning.value)) % count
+
+    def join_group(self, topic: TopicMeta, group_id: int, client_id: int) -> None:
+        self.metadata.join_group(topic, group_id, client_id)
+        self._note("join", (topic.stream_id, topic.id, group_id, client_id))
+
+    def leave_group(self, topic: TopicMeta, group_id: int, client_id: int) -> None:
+        self.metadata.leave_group(topic, group_id, client_id)
+        self._note("leave", (topic.stream_id, topic.id, group_id, client_id))
+
+    def leave_all_here(self, client_id: int) -> None:
+        """Shard 0: a client's memberships end (published to the others)."""
+        self.metadata.leave_all(client_id)
+        self._note("leave_all", client_id)
+
+    def _note(self, kind: str, payload: Any) -> None:
+        if self.shards > 1:
+            assert self.shard_id == 0, "only shard 0 changes metadata"
+            self._outbox.append(Published(self.metadata.revision, kind, payload))
+
+    def take_outbox(self) -> list[Published]:
+        items, self._outbox = self._outbox, []
+        return items
+
+    def snapshot_bytes(self) -> bytes:
+        """Shard 0's metadata for a shard that starts or fell behind: the logged state and
+        the group memberships, which are not logged."""
+        members = [
+            (s.id, t.id, g.id, m.client_id)
+            for s in self.metadata.streams.values()
+            for t in s.topics.values()
+            for g in t.groups.values()
+            for m in g.members
+        ]
+        return json.dumps({"metadata": self.metadata.to_snapshot(), "members": members}).encode()
+
+    def open_replica(self, snapshot: bytes) -> StartupReport:
+        """Shard 1 and up: metadata from shard 0's snapshot, then the partitions owned here."""
+        report = StartupReport()
+        self.started_at_us = self.clock_us()
+        self._set_io()
+        self._install_snapshot(snapshot)
+        report.store_format = self.partition_config.store_format
+        self._open_owned(report)
+        return report
+
+    def _install_snapshot(self, snapshot: bytes) -> None:
+        state = json.loads(snapshot)
+        fresh = Metadata.from_snapshot(state["metadata"], self._defaults())
+        if hasattr(self, "metadata"):  # the handlers hold this object: it takes the new state
+            vars(self.metadata).clear()
+            vars(self.metadata).update(vars(fresh))
+        else:
+            self.metadata = fresh
+        for stream_id, topic_id, group_id, client_id in state["members"]:
+            topic = self.metadata.streams[stream_id].topics[topic_id]
+            self.metadata.join_group(topic, group_id, client_id)
+
+    def catch_up(self, snapshot: bytes) -> None:
+        """Shards 1 and up, behind shard 0's ops: its whole metadata, then the partitions
+        owned here opened or closed to match it."""
+        self._install_snapshot(snapshot)
+        named = {
+            (s.id, t.id, pid)
+            for s in self.metadata.streams.values()
+            for t in s.topics.values()
+            for pid in t.partitions
+        }
+        for key in sorted(set(self.partitions) - named):
+            self._close_dropped(key)
+        for key in sorted(named - set(self.partitions)):
+            if self.owns(key):
+                self.open_partition(key)
+        log.warning("shard %d caught up with shard 0 at revision %d", self.shard_id, self.metadata.revision)
+
+    def apply_published(self, items: list[Published]) -> bool:
+        """Shard 1 and up: shard 0's changes, in order, with their effects on the partitions
+        owned here. False when a logged op does not follow the revision held here (the
+        caller then asks for a snapshot)."""
+        assert self.shard_id != 0
+        for item in items:
+            if item.kind == "op":
+                if item.revision != self.metadata.revision + 1:
+                    if item.revision <= self.metadata.revision:
+                        continue  # already in the snapshot this shard caught up from
+                    return False
+                self._apply_replicated(op_from_json(json.loads(item.payload)))
+            elif item.kind == "leave_all":
+                self.metadata.leave_all(item.payload)
+            else:
+                stream_id, topic_id, group_id, client_id = item.payload
+                topic = self.metadata.streams[stream_id].topics[topic_id]
+                if item.kind == "join":
+                    self.metadata.join_group(topic, group_id, client_id)
+                else:
+                    self.metadata.leave_group(topic, group_id, client_id)
+        return True
+
+    def _apply_replicated(self, op: Op) -> None:
+        before = {
+            (s.id, t.id): set(t.partitions) for s in self.metadata.streams.values() for t in s.topics.values()
+        }
+        groups = {
+            (s.id, t.id): set(t.groups) for s in self.metadata.streams.values() for t in s.topics.values()
+        }
+        self.metadata.apply(op)
+        after = {
+            (s.id, t.id): set(t.partitions) for s in self.metadata.streams.values() for t in s.topics.values()
+        }
+        for (stream_id, topic_id), pids in after.items():
+            for pid in sorted(pids - before.get((stream_id, topic_id), set())):
+                key = (stream_id, topic_id, pid)
+                if self.owns(key):
+                    self.open_partition(key)
+        for (stream_id, topic_id), pids in before.items():
+            for pid in sorted(pids - after.get((stream_id, topic_id), set())):
+                key = (stream_id, topic_id, pid)
+                if key in self.partitions:
+                    self._close_dropped(key)  # shard 0 moves the folders
+            if (stream_id, topic_id) not in after:
+                self.balanced_counters.pop((stream_id, topic_id), None)
+        for (stream_id, topic_id), ids in groups.items():
+            topic_now = self.metadata.streams.get(stream_id)
+            remaining = (
+                set()
+                if topic_now is None or topic_id not in topic_now.topics
+                else set(topic_now.topics[topic_id].groups)
+            )
+            for group_id in ids - remaining:
+                self._drop_group_offsets(stream_id, topic_id, group_id)
+
+    def _drop_group_offsets(self, stream_id: int, topic_id: int, group_id: int) -> None:
+        group = ConsumerKind.CONSUMER_GROUP
+        for key, part in self.partitions.items():
+            if key[:2] == (stream_id, topic_id) and part.get_offset(group, group_id) is not None:
+                try:
+                    part.delete_offset(group, group_id)
+                except IggyError as exc:
+                    log.error("group %d deleted, but not its stored offset: %s", group_id, exc)
 
     # ---- partitions --------------------------------------------------------------------
     def topic_partitions(self, topic: TopicMeta) -> list[Partition]:
-        return [self.partitions[(topic.stream_id, topic.id, pid)] for pid in sorted(topic.partitions)]
+        """The topic's partitions this shard owns (every one, with one shard)."""
+        keys = ((topic.stream_id, topic.id, pid) for pid in sorted(topic.partitions))
+        return [self.partitions[key] for key in keys if key in self.partitions]
 
     def topic_totals(self, topic: TopicMeta) -> tuple[int, int]:
         size = count = 0
-        for part in self.topic_partitions(topic):
+        for pid in topic.partitions:
+            part = self.partition_view((topic.stream_id, topic.id, pid))
             size += part.size_bytes
             count += part.messages_count
         return size, count
@@ -623,10 +893,13 @@ class Shard:
             # What a failure leaves behind is removed by the next start (`_sweep_deleted`).
             shutil.rmtree(root, ignore_errors=True)
 
-    def create_partition(self, key: PartitionKey) -> Partition:
+    def create_partition(self, key: PartitionKey) -> Partition | None:
         """A partition metadata has just created: it starts empty. Files already in its folder
         cannot belong to it (deletes move folders away first), so they belong to an entity
-        metadata lost: they are quarantined, never removed."""
+        metadata lost: they are quarantined, never removed. Owned by another shard: that
+        shard opens it when the op reaches it (None here)."""
+        if not self.owns(key):
+            return None
         path = self.partition_dir(key)
         if path.is_dir() and any(path.iterdir()):
             self._quarantine(path, None, f"partition {key}: created anew, but its folder already held files")
@@ -778,12 +1051,19 @@ class Shard:
                     session.conn.close()
 
     # ---- serving -----------------------------------------------------------------------
-    async def start(self, handler_factory: Callable[[], Connection]) -> None:
+    async def start(
+        self, handler_factory: Callable[[], Connection], sock: socket.socket | None = None
+    ) -> None:
+        """Serves connections: on the configured address, or on `sock`, a listening socket
+        every shard of a multi-shard server accepts from."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._server = await loop.create_server(
-            handler_factory, self.config.tcp_host, self.config.tcp_port, reuse_address=True
-        )
+        if sock is not None:
+            self._server = await loop.create_server(handler_factory, sock=sock)
+        else:
+            self._server = await loop.create_server(
+                handler_factory, self.config.tcp_host, self.config.tcp_port, reuse_address=True
+            )
         sock = self._server.sockets[0]
         self.bound_port = sock.getsockname()[1]
         self._tasks.append(asyncio.ensure_future(self._flush_ticker()))

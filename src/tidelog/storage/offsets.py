@@ -73,12 +73,14 @@ from tidelog.storage.writer import (
     running_future,
 )
 from tidelog.wire.codes import U32_MAX, U64_MAX, IggyError, Status
+from tidelog.wire.primitives import ConsumerKind
 
 log = logging.getLogger(__name__)
 
-CONSUMER_KIND = 1
-GROUP_KIND = 2
-OFFSET_DIRS = {CONSUMER_KIND: "consumers", GROUP_KIND: "groups"}
+# The wire's consumer kinds (one definition): the offset file layout keys on them.
+CONSUMER_KIND = ConsumerKind.CONSUMER
+GROUP_KIND = ConsumerKind.CONSUMER_GROUP
+OFFSET_DIRS: dict[int, str] = {CONSUMER_KIND: "consumers", GROUP_KIND: "groups"}
 SLOT = struct.Struct("<4sIQQQ")
 SLOT_MAGIC = b"TLCO"
 FILE_BYTES = 2 * SLOT.size
