@@ -120,7 +120,7 @@ async def _serve_shard(config: Config, context: Any) -> int:
     """One shard of several (see server/supervisor.py and server/router.py): shard 0 opens
     the metadata and serves it to the others, which then open the partitions they own."""
     from tidelog.server.bus import BusMethod, BusPeer
-    from tidelog.server.connection import Connection
+    from tidelog.server.connection import Adopted, Connection
     from tidelog.server.dispatch import Dispatcher
     from tidelog.server.dispatch09 import Dispatcher09
     from tidelog.server.limits import ConnectionGate, ConnectionLimits
@@ -154,9 +154,14 @@ async def _serve_shard(config: Config, context: Any) -> int:
             # The supervisor sees the dead shard and stops every shard: nothing to do here.
             log.error("%s lost shard %d: %s", who, peer, reason)
 
+    def serving(peer: int) -> Any:
+        return lambda method, body: router.serve(method, body, peer)
+
     router.peers = {
-        peer: BusPeer(peer, sock, router.serve, lost) for peer, sock in sorted(context.peers.items())
+        peer: BusPeer(peer, sock, serving(peer), lost) for peer, sock in sorted(context.peers.items())
     }
+    router.lanes = dict(context.lanes)
+    router.start_lanes()
     for peer in router.peers.values():
         await peer.start()
     if me != 0:
@@ -171,21 +176,37 @@ async def _serve_shard(config: Config, context: Any) -> int:
     shard.leave_all_hook = router.leave_all
     gate = ConnectionGate(ConnectionLimits.from_config(config.tcp), context.extra["connections"])
 
-    def factory() -> Connection:
-        return Connection(
+    def factory(adopted: Adopted | None = None) -> Connection:
+        conn = Connection(
             router.handler(Generation.V08),
             config.tcp.write_buffer_high_bytes,
             config.tcp.nodelay,
             gate,
             v09_handler=router.handler(Generation.V09),
+            adopted=adopted,
+            hand_off=router.hand_off,
         )
+        if adopted is not None:
+            adopted.session.conn = conn  # type: ignore[attr-defined]
+        return conn
 
+    loop = asyncio.get_running_loop()
+    adoptions: set[asyncio.Task[Any]] = set()
+
+    def adopt(sock: Any, adopted: Adopted) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(lambda: factory(adopted), sock=sock))
+        adoptions.add(task)
+        task.add_done_callback(adoptions.discard)
+
+    router.adopt = adopt
     await shard.start(factory, sock=context.listener)
     assert report is not None
     _print_details(report, "tidelog")  # the supervisor prints the summary of every shard
     print(f"{who} serving on {context.pinned}", flush=True)
     context.say_ready(json.dumps(report.counts()).encode())
     await stop.wait()
+    router.adopt = None
+    router.stop_lanes()
     code = await _stop(shard, who)
     for peer in router.peers.values():
         await peer.close()

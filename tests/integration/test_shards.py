@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.crash.test_kill9 import STREAM, TOPIC, Producer, seqs_by_producer
-from tests.wireclient import WireClient
+from tests.wireclient import WireClient, wait_until
 from tidelog.server.sharding import owner_of, shard_of_client
 from tidelog.wire import requests as c
 from tidelog.wire.codes import Command
@@ -83,6 +83,33 @@ def test_shards_given_partitions_owned_by_each_when_used_from_either_shard_shoul
     zero.call(c.StoreConsumerOffset(Consumer(1, 5), stream, topic, 3, 1))
     reply = one.call(c.GetConsumerOffset(Consumer(1, 5), stream, topic, 3))
     assert int.from_bytes(reply[-8:], "little") == 1
+    zero.close()
+    one.close()
+
+
+def test_shards_given_a_client_using_one_partition_of_the_other_shard_should_move_there_and_keep_its_session(
+    sharded: ServerProcess,
+) -> None:
+    zero, one = one_on_each_shard(sharded.address)
+    stream = zero.create_stream("moving")
+    topic = zero.create_topic(stream, "t", 8)
+    theirs = next(p for p in range(8) if owner_of(stream, topic, p, 2) == 1)
+    client_id = decode_record(ClientDetails, zero.call(c.GetMe())).client.client_id
+    for i in range(10):  # a pinned producer on shard 0, all its sends for shard 1
+        zero.send(stream, topic, theirs, [b"m%d" % i])
+    assert wait_until(lambda: f"client {client_id} " in sharded.output, 5, 0.05), sharded.output
+    assert "moved to shard 1" in sharded.output
+    # Same connection, same session: logged in, same client id, every message in order.
+    me = decode_record(ClientDetails, zero.call(c.GetMe()))
+    assert me.client.client_id == client_id and me.client.user_id == 0
+    _, got = zero.poll(stream, topic, theirs, 0, 100)
+    assert [m.payload for m in got] == [b"m%d" % i for i in range(10)]
+    assert zero.client_count() == 2  # counted once, where it now is
+    # Its requests for shard 0's partitions are forwarded back from shard 1.
+    ours = next(p for p in range(8) if owner_of(stream, topic, p, 2) == 0)
+    zero.send(stream, topic, ours, [b"back"])
+    _, got = one.poll(stream, topic, ours, 0, 10)
+    assert [m.payload for m in got] == [b"back"]
     zero.close()
     one.close()
 

@@ -42,6 +42,7 @@ class BusMethod(IntEnum):
     APPLY_OPS = 2  # shard 0 publishes metadata ops; the reply says they are applied
     SNAPSHOT = 3  # a shard asks shard 0 for the whole metadata (at start, or after a gap)
     GATHER = 4  # a question every shard answers for what it holds (stats, clients)
+    ADOPT = 5  # take over a client's connection (its descriptor comes over the lane)
 
 
 class BusError(Exception):

@@ -30,7 +30,7 @@ import logging
 import mmap
 import os
 import socket
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -94,7 +94,28 @@ class Close:
     close: bool = True
 
 
-Result = Ok | Failed | Evicted | Close
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Move the connection to shard `target` with this very request, unanswered here: the
+    shard owning what the client uses then reads and answers it (multi-shard servers)."""
+
+    target: int
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """A connection another shard handed over: its session and generation, the request that
+    moved it (parsed there, answered here first) and any bytes read after it."""
+
+    session: object
+    generation: Generation
+    key: RequestKey
+    payload: bytes
+    after: bytes
+
+
+Result = Ok | Failed | Evicted | Close | Handoff
 OK_EMPTY = Ok()
 
 # What identifies a request to its generation's dispatcher: the 0.8 command code, or the
@@ -135,9 +156,14 @@ class Connection(asyncio.BufferedProtocol):
         nodelay: bool,
         gate: ConnectionGate,
         v09_handler: Handler | None = None,
+        adopted: Adopted | None = None,
+        hand_off: Callable[[Connection, int, Adopted], Awaitable[bool]] | None = None,
     ) -> None:
         # The 0.8 dispatcher opens and closes the session; the first bytes decide which
         # generation's dispatcher answers requests, for the connection's lifetime.
+        self._adopted = adopted
+        self._hand_off_to = hand_off  # moves the socket to another shard (see Handoff)
+        self.handed_off = False
         self._handler = handler
         self._handlers: dict[Generation, Handler] = {Generation.V08: handler}
         if v09_handler is not None:
@@ -184,7 +210,7 @@ class Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._loop = asyncio.get_running_loop()
-        if not self._gate.admit():
+        if not self._gate.admit(transfer=self._adopted is not None):
             self.closed = True  # never seen by the handler; connection_lost has nothing to undo
             self._gate.refusals.info(
                 "closing connection from %s at once: tcp.max_connections (%d) are open",
@@ -201,7 +227,18 @@ class Connection(asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=self._high_bytes)
-        self._handler.connection_made(self)
+        adopted = self._adopted
+        if adopted is not None:
+            self.session = adopted.session  # the dispatcher opened it on the other shard
+            self._use_generation(adopted.generation)
+            self._small[: len(adopted.after)] = adopted.after
+            self._end = len(adopted.after)
+            # Nothing read here is parsed before the request that moved the connection.
+            self._busy = True
+            self._update_reading()
+            self._loop.call_soon(self._answer_adopted)
+        else:
+            self._handler.connection_made(self)
         self._watch_login()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -298,6 +335,10 @@ class Connection(asyncio.BufferedProtocol):
             )
             self.close()
             return False
+        self._use_generation(found)
+        return True
+
+    def _use_generation(self, found: Generation) -> None:
         self.generation = found
         handler = self._handler = self._handlers[found]
 
@@ -308,7 +349,6 @@ class Connection(asyncio.BufferedProtocol):
             self._framing = frames09.ServerFraming(max_frame_size=V09_MAX_FRAME_SIZE, payload_limit=limit)
         else:
             self._framing = framing.ServerFraming(limit)
-        return True
 
     def _detect_final(self) -> None:
         self._detect_timer = None
@@ -508,6 +548,11 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("handler failed for request %s from %s", key, self.peer)
             self._reply(key, Failed(Status.ERROR))
             return True
+        if type(result) is Handoff:
+            self._busy = True
+            self._update_reading()  # nothing more is read here: the next bytes are the target's
+            self._pending = asyncio.ensure_future(self._hand_off(key, payload, owned, result.target))
+            return False
         if isinstance(result, Awaitable):
             self._busy = True
             self._update_reading()
@@ -533,6 +578,42 @@ class Connection(asyncio.BufferedProtocol):
         self._watch_login()
         self._process()
 
+    def _answer_adopted(self) -> None:
+        adopted, self._adopted = self._adopted, None
+        self._busy = False
+        self._update_reading()
+        if adopted is None or self.closed:
+            return
+        # Its own writable buffer: a send's batch is kept (and converted in place) as received.
+        if self._dispatch(adopted.key, memoryview(bytearray(adopted.payload)), owned=True):
+            self._process()
+
+    async def _hand_off(self, key: RequestKey, payload: memoryview, owned: bool, target: int) -> None:
+        """Passes the socket, the session and the unanswered request to `target`; when the
+        target does not take it, the request is answered here after all."""
+        assert self._hand_off_to is not None and self.generation is not None
+        adopted = Adopted(
+            self.session,
+            self.generation,
+            key,
+            bytes(payload),
+            bytes(self._small_view[self._start : self._end]),
+        )
+        taken = False
+        try:
+            taken = await self._hand_off_to(self, target, adopted)
+        except Exception:
+            log.exception("handing connection %s to shard %d failed", self.peer, target)
+        if taken:
+            self.handed_off = True
+            if self.transport is not None:
+                self.transport.abort()  # our descriptor only: the target's keeps the socket
+            return
+        self._busy = False
+        self._update_reading()
+        if self._dispatch(key, payload, owned):
+            self._process()
+
     # ---- output ------------------------------------------------------------------------
     def _reply(self, key: RequestKey, result: Result) -> bool:
         """Writes ``result`` framed as the connection's generation frames replies (the
@@ -552,6 +633,8 @@ class Connection(asyncio.BufferedProtocol):
             self._write(framing_.reply_header(key, size), pieces, files)  # type: ignore[arg-type]
         elif type(result) is Failed:
             self._write(framing_.reply_header(key, 0, result.status))  # type: ignore[arg-type]
+        elif type(result) is Handoff:
+            raise AssertionError("a handoff is not a reply")
         elif type(result) is Evicted:
             assert isinstance(framing_, frames09.ServerFraming) and isinstance(key, RequestHeader)
             frame = framing_.eviction(

@@ -107,12 +107,13 @@ class ConnectionGate:
         self.timeouts = RateLimitedLog()
 
     # ---- connections ---------------------------------------------------------------------
-    def admit(self) -> bool:
-        """Counts a new connection in; False when it must be closed at once."""
-        if self.open_connections >= self.limits.max_connections:
+    def admit(self, transfer: bool = False) -> bool:
+        """Counts a new connection in; False when it must be closed at once. A `transfer`
+        (a connection another shard handed over, already counted there) always fits."""
+        if not transfer and self.open_connections >= self.limits.max_connections:
             return False
         if self._server_connections is not None and not self._server_connections.take(
-            self.limits.max_connections
+            self.limits.max_connections if not transfer else 1 << 62
         ):
             return False
         self.open_connections += 1

@@ -24,20 +24,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tidelog.server import sharding
 from tidelog.server.bus import BusError, BusMethod, BusPeer
-from tidelog.server.connection import Connection, Evicted, Failed, Handler, Ok, RequestKey, Result
+from tidelog.server.connection import (
+    Adopted,
+    Connection,
+    Evicted,
+    Failed,
+    Handler,
+    Handoff,
+    Ok,
+    RequestKey,
+    Result,
+)
 from tidelog.server.dispatch import METADATA_COMMANDS
 from tidelog.server.shard import PartitionView, Published, Session, Shard
 from tidelog.storage.io import FileRange
 from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, IggyError, Status
-from tidelog.wire.primitives import ConsumerKind
+from tidelog.wire.primitives import ConsumerKind, PartitioningKind
 from tidelog.wire.v09 import bodies as b
 from tidelog.wire.v09.frames import Generation
 from tidelog.wire.v09.header import Operation, RequestHeader
@@ -71,6 +83,20 @@ _WITH_FIGURES: frozenset[int] = frozenset(
     }
 )
 _GATHER_FIGURES = b"figures"
+# A connection moves to the shard owning what it uses after this many requests in a row for
+# partitions it names there (Iggy 0.8's socket migration); the descriptor waits this long.
+_HANDOFF_AFTER = 3
+_ADOPT_WAIT_S = 5.0
+_MOVED_SESSION_FIELDS = (
+    "client_id",
+    "address",
+    "last_heartbeat_us",
+    "user_id",
+    "group_partition",
+    "vsr_session",
+    "vsr_login_reply",
+    "vsr_last_reply",
+)
 _GATHER_CLIENTS = b"clients"
 _LEAVE_ALL = b"leave_all:"
 _STATUS_OK = 0
@@ -104,6 +130,7 @@ class _Route:
     everywhere: bool = False
     figures: bool = False
     changes: bool = False  # a control-plane change: shard 0 publishes it before the reply
+    pinned: bool = False  # the client named the partition: its connection may move to the owner
 
 
 class Router:
@@ -120,6 +147,12 @@ class Router:
         # Called when this shard can no longer serve correctly: the shard stops, non-zero,
         # and the supervisor stops the server.
         self.on_fatal: Callable[[str], None] = lambda reason: None
+        # Connections handed between shards: a socket per peer that carries descriptors,
+        # the descriptors received and not yet adopted, and what makes a Connection of one.
+        self.lanes: dict[int, socket.socket] = {}
+        self._fds: dict[tuple[int, int], asyncio.Future[int]] = {}
+        self._next_handoff = 0
+        self.adopt: Callable[[socket.socket, Adopted], None] | None = None
 
     def handler(self, generation: Generation) -> Handler:
         """The connection.Handler of a generation (once `handlers` holds its dispatcher)."""
@@ -150,14 +183,16 @@ class Router:
                 return _Route(None)  # the local handler gives the error
             if key3 is None:
                 return _Route(None)
-            owner = sharding.owner_of(*key3, self.shard.shards)
-            return _Route(owner, partition=key3[2])
+            stream_id, topic_id, partition_id, named = key3
+            owner = sharding.owner_of(stream_id, topic_id, partition_id, self.shard.shards)
+            return _Route(owner, partition=partition_id, pinned=named)
         return _Route(None)
 
     def _partition_of(
         self, command: int, payload: memoryview, body_is_09: bool, session: Session
-    ) -> tuple[int, int, int] | None:
-        """The partition a data request addresses, chosen as its handler would choose it."""
+    ) -> tuple[int, int, int, bool] | None:
+        """The partition a data request addresses, chosen as its handler would choose it,
+        and whether the client named it (not balanced, keyed or a group's round robin)."""
         md = self.shard.metadata
         if command == Command.SEND_MESSAGES:
             if body_is_09:
@@ -167,15 +202,16 @@ class Router:
                 meta = c.SendMessagesHeader.decode(payload)
                 stream, topic_ident, partitioning = meta.stream_id, meta.topic_id, meta.partitioning
             topic = md.require_topic(md.require_stream(stream), topic_ident)
-            return topic.stream_id, topic.id, self.shard.choose_partition(topic, partitioning)
+            named = partitioning.kind == PartitioningKind.PARTITION_ID
+            return topic.stream_id, topic.id, self.shard.choose_partition(topic, partitioning), named
         if command == Command.POLL_MESSAGES:
             poll = c.PollMessages.decode(payload)
             topic = md.require_topic(md.require_stream(poll.stream_id), poll.topic_id)
             if poll.consumer.kind == ConsumerKind.CONSUMER:
-                return topic.stream_id, topic.id, 0 if poll.partition_id is None else poll.partition_id
+                return topic.stream_id, topic.id, 0 if poll.partition_id is None else poll.partition_id, True
             group = md.require_group(topic, poll.consumer.id)
             if poll.partition_id is not None:
-                return topic.stream_id, topic.id, poll.partition_id
+                return topic.stream_id, topic.id, poll.partition_id, False
             member = md.member_of(group, session.client_id)
             if member is None:
                 return None
@@ -183,7 +219,7 @@ class Router:
             if chosen is None:
                 return None
             session.group_partition[(topic.stream_id, topic.id, group.id)] = chosen
-            return topic.stream_id, topic.id, chosen
+            return topic.stream_id, topic.id, chosen, False
         req: Any = b.decode_request09(command, payload) if body_is_09 else c.decode_request(command, payload)
         topic = md.require_topic(md.require_stream(req.stream_id), req.topic_id)
         pid = getattr(req, "partition_id", None)
@@ -201,7 +237,7 @@ class Router:
                 pid = 0
         if pid is None:
             return None
-        return topic.stream_id, topic.id, pid
+        return topic.stream_id, topic.id, pid, False
 
     # ---- running --------------------------------------------------------------------
     async def run(
@@ -280,7 +316,9 @@ class Router:
         )
 
     # ---- serving the bus ------------------------------------------------------------
-    async def serve(self, method: BusMethod, body: bytes) -> tuple[int, bytes]:
+    async def serve(self, method: BusMethod, body: bytes, peer: int = 0) -> tuple[int, bytes]:
+        if method is BusMethod.ADOPT:
+            return await self._serve_adopt(peer, body)
         if method is BusMethod.FORWARD:
             return await self._serve_forward(body)
         if method is BusMethod.APPLY_OPS:
@@ -335,6 +373,115 @@ class Router:
             await self.publish()
             return b""
         raise IggyError(Status.INVALID_COMMAND, "unknown gather")
+
+    # ---- moving connections ---------------------------------------------------------
+    def start_lanes(self) -> None:
+        loop = asyncio.get_running_loop()
+        for peer, lane in self.lanes.items():
+            lane.setblocking(False)
+            loop.add_reader(lane.fileno(), self._lane_readable, peer, lane)
+
+    def stop_lanes(self) -> None:
+        loop = asyncio.get_running_loop()
+        for lane in self.lanes.values():
+            loop.remove_reader(lane.fileno())
+        for future in self._fds.values():
+            if future.done() and not future.cancelled():
+                os.close(future.result())
+
+    def _lane_readable(self, peer: int, lane: socket.socket) -> None:
+        while True:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(lane, 16, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("the descriptor lane from shard %d failed: %s", peer, exc)
+                asyncio.get_running_loop().remove_reader(lane.fileno())
+                return
+            if not message:
+                asyncio.get_running_loop().remove_reader(lane.fileno())
+                return
+            handoff = int.from_bytes(message[:4], "little")
+            for fd in fds:
+                future = self._fd_future(peer, handoff)
+                if future.done():
+                    os.close(fd)
+                else:
+                    future.set_result(fd)
+
+    def _fd_future(self, peer: int, handoff: int) -> asyncio.Future[int]:
+        future = self._fds.get((peer, handoff))
+        if future is None:
+            future = self._fds[(peer, handoff)] = asyncio.get_running_loop().create_future()
+        return future
+
+    def should_hand_off(self, conn: Connection, session: Session, route: _Route) -> bool:
+        """A connection moves to the owner once it sent a few requests in a row for the
+        partitions it names there, and nothing of it is queued here."""
+        target = route.shard
+        if target is None or target == self.shard.shard_id or not route.pinned or self.adopt is None:
+            session.handoff_streak = 0
+            return False
+        if session.handoff_shard != target:
+            session.handoff_shard, session.handoff_streak = target, 0
+        session.handoff_streak += 1
+        transport = conn.transport
+        if session.handoff_streak < _HANDOFF_AFTER or transport is None or transport.get_write_buffer_size():
+            return False
+        session.handoff_streak = 0
+        return True
+
+    async def hand_off(self, conn: Connection, target: int, moving: Adopted) -> bool:
+        """Passes `conn`'s socket to `target` (the descriptor over the lane, the session and
+        the unanswered request over the bus); True when the target took it."""
+        session = conn.session
+        assert isinstance(session, Session) and conn.transport is not None
+        sock = conn.transport.get_extra_info("socket")
+        if sock is None or target not in self.lanes:
+            return False
+        self._next_handoff = (self._next_handoff + 1) & 0xFFFFFFFF
+        handoff = self._next_handoff
+        try:
+            socket.send_fds(self.lanes[target], [handoff.to_bytes(4, "little")], [sock.fileno()])
+        except OSError as exc:
+            log.info("connection %s stays here: its descriptor could not be sent (%s)", conn.peer, exc)
+            return False
+        state = {name: getattr(session, name) for name in _MOVED_SESSION_FIELDS}
+        body = pickle.dumps((handoff, state, moving.generation, moving.key, moving.payload, moving.after))
+        try:
+            status, reply = await self.peers[target].call(BusMethod.ADOPT, body)
+        except BusError as exc:
+            log.info("connection %s stays here: shard %d did not take it (%s)", conn.peer, target, exc)
+            return False
+        if status != _STATUS_OK:
+            log.info("connection %s stays here: %s", conn.peer, reply.decode(errors="replace"))
+            return False
+        self.shard.sessions.pop(session.client_id, None)  # its memberships go on, over there
+        log.info(
+            "client %d (%s) moved to shard %d, which owns what it uses", session.client_id, conn.peer, target
+        )
+        return True
+
+    async def _serve_adopt(self, peer: int, body: bytes) -> tuple[int, bytes]:
+        handoff, state, generation, key, payload, after = pickle.loads(body)
+        future = self._fd_future(peer, handoff)
+        try:
+            fd = await asyncio.wait_for(asyncio.shield(future), _ADOPT_WAIT_S)
+        except TimeoutError:
+            return int(Status.ERROR), b"the descriptor did not arrive"
+        finally:
+            self._fds.pop((peer, handoff), None)
+        if self.adopt is None or self.shard.stopping:
+            os.close(fd)
+            return int(Status.ERROR), b"not taking connections"
+        session = Session(state["client_id"], state["address"], None, state["last_heartbeat_us"])
+        for name, value in state.items():
+            setattr(session, name, value)
+        self._proxies.pop(session.client_id, None)
+        self.shard.sessions[session.client_id] = session
+        self.adopt(socket.socket(fileno=fd), Adopted(session, generation, key, payload, after))
+        return _STATUS_OK, b""
 
     # ---- shard 0: publishing --------------------------------------------------------
     async def publish(self) -> None:
@@ -430,6 +577,8 @@ class _RoutedHandler:
         self.local.connection_made(conn)
 
     def connection_lost(self, conn: Connection) -> None:
+        if conn.handed_off:
+            return  # the client lives on in another shard (hand_off took it out of the sessions)
         self.local.connection_lost(conn)
 
     def handle(
@@ -446,6 +595,8 @@ class _RoutedHandler:
             route = router.route(self.generation, key, payload, session)
         except IggyError:
             return self.local.handle(conn, key, payload, owned)  # it answers the error
+        if router.should_hand_off(conn, session, route):
+            return Handoff(route.shard)  # type: ignore[arg-type]
         here = route.shard is None or route.shard == router.shard.shard_id
         if here and not (route.everywhere or route.figures or route.changes):
             # The fast path: answered here, nothing to publish or gather.

@@ -116,6 +116,10 @@ class Session:
     # sends, group polls), which the handlers take instead of choosing again.
     proxy: bool = False
     route_partition: int | None = None
+    # Requests in a row for partitions the client names on one other shard (router.py moves
+    # the connection there after a few).
+    handoff_shard: int = -1
+    handoff_streak: int = 0
 
     @property
     def wire_user_id(self) -> int:

@@ -41,6 +41,7 @@ class ShardContext:
     shards: int
     listener: socket.socket
     peers: dict[int, socket.socket]  # shard id -> this shard's end of the pair
+    lanes: dict[int, socket.socket]  # shard id -> the pair that carries descriptors (handoffs)
     ready_fd: int  # write one byte when serving
     pinned: str = ""  # where the shard runs, for the start-up report
     extra: dict[str, object] = field(default_factory=dict)
@@ -90,9 +91,11 @@ def run(
     code otherwise."""
     shards = len(placements)
     pairs: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
+    lanes: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
     for i in range(shards):
         for j in range(i + 1, shards):
             pairs[(i, j)] = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            lanes[(i, j)] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ready_r, ready_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -104,20 +107,11 @@ def run(
             code = 1
             try:
                 os.close(ready_r)
-                peers: dict[int, socket.socket] = {}
-                for (i, j), (a, b) in pairs.items():
-                    if me == i:
-                        peers[j] = a
-                        b.close()
-                    elif me == j:
-                        peers[i] = b
-                        a.close()
-                    else:
-                        a.close()
-                        b.close()
+                peers = _my_ends(pairs, me)
+                my_lanes = _my_ends(lanes, me)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                context = ShardContext(placement, shards, listener, peers, ready_w, pin(placement))
+                context = ShardContext(placement, shards, listener, peers, my_lanes, ready_w, pin(placement))
                 code = serve_shard(context)
             except BaseException as exc:  # the shard must not return into the supervisor's code
                 print(f"tidelog shard {me}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -128,10 +122,28 @@ def run(
         children[pid] = me
     os.close(ready_w)
     listener.close()
-    for a, b in pairs.values():
+    for a, b in [*pairs.values(), *lanes.values()]:
         a.close()
         b.close()
     return _supervise(children, ready_r, announce)
+
+
+def _my_ends(
+    pairs: dict[tuple[int, int], tuple[socket.socket, socket.socket]], me: int
+) -> dict[int, socket.socket]:
+    """Shard `me`'s end of each pair it is in, by the other shard's id; the rest closed."""
+    mine: dict[int, socket.socket] = {}
+    for (i, j), (a, b) in pairs.items():
+        if me == i:
+            mine[j] = a
+            b.close()
+        elif me == j:
+            mine[i] = b
+            a.close()
+        else:
+            a.close()
+            b.close()
+    return mine
 
 
 def _supervise(children: dict[int, int], ready_r: int, announce: Callable[[list[bytes]], None]) -> int:
