@@ -105,6 +105,13 @@ def test_shards_given_a_client_using_one_partition_of_the_other_shard_should_mov
     _, got = zero.poll(stream, topic, theirs, 0, 100)
     assert [m.payload for m in got] == [b"m%d" % i for i in range(10)]
     assert zero.client_count() == 2  # counted once, where it now is
+    # Found by its id through either shard, though the id names the shard it left.
+    here, there = one_on_each_shard(sharded.address)
+    for asker in (here, there, one):
+        found = decode_record(ClientDetails, asker.call(c.GetClient(client_id)))
+        assert found.client.client_id == client_id
+    here.close()
+    there.close()
     # Its requests for shard 0's partitions are forwarded back from shard 1.
     ours = next(p for p in range(8) if owner_of(stream, topic, p, 2) == 0)
     zero.send(stream, topic, ours, [b"back"])

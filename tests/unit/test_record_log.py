@@ -26,6 +26,7 @@ from tests.unit.test_v09_batch import (
     _messages,
     _rechecksum,
 )
+from tests.unit.test_v09_batch import kernel as kernel  # the fixture: both kernel paths
 from tidelog.storage.integrity import RECORD_LOG
 from tidelog.wire import batch as batch08
 from tidelog.wire.codes import MAX_PAYLOAD_BYTES, MAX_USER_HEADERS_BYTES
@@ -54,17 +55,6 @@ from tidelog.wire.v09.codes import Status09
 _FIXTURE_OK = settings(
     deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
-
-
-@pytest.fixture(params=["native", "reference"])
-def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test on both paths (the C kernel where built, then numpy and xxhash)."""
-    if request.param == "native":
-        if batch_module._native is None:
-            pytest.skip("C kernel tidelog._stamp not built")
-    else:
-        monkeypatch.setattr(batch_module, "_native", None)
-    return str(request.param)
 
 
 def _expected(sizes: list[int]) -> np.ndarray:

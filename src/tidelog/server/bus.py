@@ -43,6 +43,7 @@ class BusMethod(IntEnum):
     SNAPSHOT = 3  # a shard asks shard 0 for the whole metadata (at start, or after a gap)
     GATHER = 4  # a question every shard answers for what it holds (stats, clients)
     ADOPT = 5  # take over a client's connection (its descriptor comes over the lane)
+    LEAVE_ALL = 6  # shard 0: a client (u32 id) went away; its group memberships end
 
 
 class BusError(Exception):

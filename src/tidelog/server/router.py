@@ -45,7 +45,8 @@ from tidelog.server.connection import (
     Result,
 )
 from tidelog.server.dispatch import METADATA_COMMANDS
-from tidelog.server.shard import PartitionView, Published, Session, Shard
+from tidelog.server.dispatch09 import _CODE_FOR_OPERATION
+from tidelog.server.shard import Change, PartitionView, Published, Session, Shard
 from tidelog.storage.io import FileRange
 from tidelog.wire import requests as c
 from tidelog.wire.codes import Command, IggyError, Status
@@ -98,7 +99,6 @@ _MOVED_SESSION_FIELDS = (
     "vsr_last_reply",
 )
 _GATHER_CLIENTS = b"clients"
-_LEAVE_ALL = b"leave_all:"
 _STATUS_OK = 0
 
 
@@ -173,9 +173,9 @@ class Router:
         if command in _WITH_FIGURES:
             return _Route(None, figures=True)
         if command == Command.GET_CLIENT:
-            req = c.decode_request(command, payload)
-            assert isinstance(req, c.GetClient)
-            return _Route(sharding.shard_of_client(req.client_id) % self.shard.shards)
+            # Answered here, or by the shard holding the client now (it may have moved from
+            # the one its id names): see `_local`.
+            return _Route(None, figures=True)
         if command in _ON_OWNER:
             try:
                 key3 = self._partition_of(command, payload, body_is_09, session)
@@ -300,6 +300,17 @@ class Router:
         command, _ = _command_of(generation, key)
         if command == Command.GET_CLIENTS and isinstance(result, Ok):
             result = Ok([*result.pieces, *await self._gather_clients()], result.close)
+        elif (
+            command == Command.GET_CLIENT
+            and isinstance(result, Ok)
+            and not result.pieces
+            and not session.proxy
+        ):
+            forward = self._forward_of(generation, key, session, None)
+            for status, body in await self._call_all(BusMethod.FORWARD, _forward_body(forward, payload)):
+                found = _result_of(status, body)
+                if isinstance(found, Ok) and found.pieces:
+                    return found
         return result
 
     def _forward_of(
@@ -332,11 +343,15 @@ class Router:
                 self.on_fatal(f"metadata diverged from shard 0: {exc!r}")
                 raise
             for item in items:
-                if item.kind == "leave_all":
+                if item.kind is Change.LEAVE_ALL:
                     self._proxies.pop(item.payload, None)
             return _STATUS_OK, b""
         if method is BusMethod.SNAPSHOT:
             return _STATUS_OK, self.shard.snapshot_bytes()
+        if method is BusMethod.LEAVE_ALL:
+            self.shard.leave_all_here(int.from_bytes(body, "little"))
+            await self.publish()
+            return _STATUS_OK, b""
         if method is BusMethod.GATHER:
             return _STATUS_OK, await self._serve_gather(body)
         return int(Status.INVALID_COMMAND), b"unknown bus method"
@@ -367,11 +382,6 @@ class Router:
             base = self.handlers[Generation.V08]
             infos = [base._client_info(s).encode() for s in self.shard.sessions.values()]  # type: ignore[attr-defined]
             return b"".join(infos)
-        if what.startswith(_LEAVE_ALL):
-            client = int(what[len(_LEAVE_ALL) :])
-            self.shard.leave_all_here(client)
-            await self.publish()
-            return b""
         raise IggyError(Status.INVALID_COMMAND, "unknown gather")
 
     # ---- moving connections ---------------------------------------------------------
@@ -536,8 +546,8 @@ class Router:
             self.shard.leave_all_here(client_id)
             task = loop.create_task(self.publish())
         elif 0 in self.peers:
-            body = _LEAVE_ALL + str(client_id).encode()
-            task = loop.create_task(self._quietly(self.peers[0].call(BusMethod.GATHER, body)))
+            body = client_id.to_bytes(4, "little")
+            task = loop.create_task(self._quietly(self.peers[0].call(BusMethod.LEAVE_ALL, body)))
         else:
             return
         self._background.add(task)
@@ -622,8 +632,6 @@ def _command_of(generation: Generation, key: RequestKey) -> tuple[int | None, bo
         return None, True
     if op == Operation.NON_REPLICATED:
         return key.command_code, True
-    from tidelog.server.dispatch09 import _CODE_FOR_OPERATION  # a cycle at import time otherwise
-
     code = _CODE_FOR_OPERATION.get(Operation(op))
     return (None if code is None else int(code)), True
 

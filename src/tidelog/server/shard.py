@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +137,19 @@ class PartitionView:
     messages_count: int = 0
 
 
+class Change(StrEnum):
+    OP = "op"  # a logged metadata op; the payload is its JSON text, as the log holds it
+    JOIN = "join"  # group memberships, not logged: (stream, topic, group, client)
+    LEAVE = "leave"
+    LEAVE_ALL = "leave_all"  # a client went away: its id
+
+
 @dataclass(frozen=True)
 class Published:
-    """One change shard 0 publishes to the other shards, in order: a logged metadata op
-    (`kind` "op", `payload` its JSON text, as the metadata log holds it), or a group
-    membership change, which is not logged (`kind` "join" or "leave": (stream, topic,
-    group, client); "leave_all": client)."""
+    """One change shard 0 publishes to the other shards, in revision order."""
 
     revision: int
-    kind: str
+    kind: Change
     payload: Any
 
 
@@ -548,7 +553,7 @@ class Shard:
         first_failure = self.metalog.broken is None
         try:
             result = self.metalog.apply(op)
-            self._note("op", json.dumps(op_to_json(op), separators=(",", ":")))  # as the log holds it
+            self._note(Change.OP, json.dumps(op_to_json(op), separators=(",", ":")))  # as the log holds it
             return result
         except MetaLogBroken as e:
             if first_failure and self.metalog.broken is not None:
@@ -695,18 +700,18 @@ class Shard:
 
     def join_group(self, topic: TopicMeta, group_id: int, client_id: int) -> None:
         self.metadata.join_group(topic, group_id, client_id)
-        self._note("join", (topic.stream_id, topic.id, group_id, client_id))
+        self._note(Change.JOIN, (topic.stream_id, topic.id, group_id, client_id))
 
     def leave_group(self, topic: TopicMeta, group_id: int, client_id: int) -> None:
         self.metadata.leave_group(topic, group_id, client_id)
-        self._note("leave", (topic.stream_id, topic.id, group_id, client_id))
+        self._note(Change.LEAVE, (topic.stream_id, topic.id, group_id, client_id))
 
     def leave_all_here(self, client_id: int) -> None:
         """Shard 0: a client's memberships end (published to the others)."""
         self.metadata.leave_all(client_id)
-        self._note("leave_all", client_id)
+        self._note(Change.LEAVE_ALL, client_id)
 
-    def _note(self, kind: str, payload: Any) -> None:
+    def _note(self, kind: Change, payload: Any) -> None:
         if self.shards > 1:
             assert self.shard_id == 0, "only shard 0 changes metadata"
             self._outbox.append(Published(self.metadata.revision, kind, payload))
@@ -772,18 +777,18 @@ class Shard:
         caller then asks for a snapshot)."""
         assert self.shard_id != 0
         for item in items:
-            if item.kind == "op":
+            if item.kind is Change.OP:
                 if item.revision != self.metadata.revision + 1:
                     if item.revision <= self.metadata.revision:
                         continue  # already in the snapshot this shard caught up from
                     return False
                 self._apply_replicated(op_from_json(json.loads(item.payload)))
-            elif item.kind == "leave_all":
+            elif item.kind is Change.LEAVE_ALL:
                 self.metadata.leave_all(item.payload)
             else:
                 stream_id, topic_id, group_id, client_id = item.payload
                 topic = self.metadata.streams[stream_id].topics[topic_id]
-                if item.kind == "join":
+                if item.kind is Change.JOIN:
                     self.metadata.join_group(topic, group_id, client_id)
                 else:
                     self.metadata.leave_group(topic, group_id, client_id)
