@@ -19,6 +19,10 @@ from tests.faults import FaultPlan, SmallFilesystems, SmallFsUnavailable
 
 LISTEN_RE = re.compile(r"listening on ([\d.]+):(\d+)")
 
+# A server started by a test (or by a command a test runs) is one shard, whatever the machine's
+# CPU count, unless the run asks for more: `make test` runs the server suites again with two.
+os.environ.setdefault("TIDELOG_SYSTEM_SHARDING_CPU_ALLOCATION", "1")
+
 
 def _sdk_major_minor() -> tuple[int, int] | None:
     try:

@@ -130,7 +130,7 @@ async def _serve_shard(config: Config, context: Any) -> int:
 
     me = context.shard_id
     who = f"tidelog shard {me}"
-    shard = Shard(config, shard_id=me, shards=context.shards)
+    shard = Shard(config, shard_id=me, shards=context.shards, helper_cpus=context.helper_cpus)
     stop = asyncio.Event()
     install_signal_handlers(stop)
     report = None
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="shard processes, each pinned to one of the first N CPUs (system.sharding.cpu_allocation; "
-        "default 1)",
+        "default: one per CPU; 1: a single unpinned process)",
     )
     serve.set_defaults(func=cmd_serve)
     add_bench_parser(sub)

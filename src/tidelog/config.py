@@ -63,9 +63,9 @@ class TcpConfig:
 class ShardingConfig:
     # One shard process per allocated CPU, each pinned to it, as Iggy reads the value: "all",
     # a count ("4": the first four CPUs this process may use), a range ("4..8", end
-    # excluded), "numa:auto", or "numa:nodes=0,1;cores=4;no_ht=true". "1" (the default until
-    # every suite runs with several shards) is one unpinned process, as before shards.
-    cpu_allocation: str = "1"
+    # excluded), "numa:auto", or "numa:nodes=0,1;cores=4;no_ht=true". The default, "all", is
+    # a shard per CPU; "1" is one unpinned process, as before shards.
+    cpu_allocation: str = "all"
 
 
 @dataclass(frozen=True)

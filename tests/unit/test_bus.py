@@ -99,3 +99,45 @@ async def test_peer_given_the_other_end_closes_when_calling_should_fail_pending_
         await a.call(BusMethod.FORWARD, b"y")
     assert lost == [(1, "closed its end")]  # a lost its peer (shard 1); b closed on purpose
     await a.close()
+
+
+def test_codec_given_a_frame_when_read_should_ask_for_exactly_its_head_then_its_body() -> None:
+    """The shell reads into buffer(): the head, then the whole body in one buffer of the
+    body's size, which the frame then is (no copy after the kernel's)."""
+    body = bytes(range(256)) * 1000
+    wire = b"".join(
+        bytes(p) for p in encode_frame(Kind.REQUEST, 9, BusMethod.FORWARD, [b"ab", memoryview(body)])
+    )
+    codec = BusCodec()
+    head = codec.buffer()
+    assert head.nbytes == len(wire) - 2 - len(body)
+    head[:] = wire[: head.nbytes]
+    assert codec.received(head.nbytes) is None
+    into = codec.buffer()
+    assert into.nbytes == 2 + len(body)
+    into[:] = wire[head.nbytes :]
+    frame = codec.received(into.nbytes)
+    assert frame is not None and frame.call == 9 and frame.body == b"ab" + body
+    assert into.obj is frame.body and isinstance(frame.body, bytearray)
+
+
+async def test_peer_given_a_body_in_pieces_when_called_should_deliver_them_joined() -> None:
+    got: list[bytes] = []
+
+    async def serve_b(method: BusMethod, body: bytearray) -> tuple[int, bytes]:
+        got.append(bytes(body))
+        body[:1] = b"X"  # the receiver owns its frame's buffer
+        return 0, bytes(body)
+
+    async def serve_a(method: BusMethod, body: bytearray) -> tuple[int, bytes]:
+        return 0, b""
+
+    a, b, _ = await _pair(serve_a, serve_b)
+    try:
+        payload = bytearray(b"p" * 300_000)
+        status, reply = await a.call(BusMethod.FORWARD, [b"head:", memoryview(payload)])
+        assert status == 0 and got == [b"head:" + bytes(payload)]
+        assert reply == b"Xead:" + bytes(payload) and payload == b"p" * 300_000
+    finally:
+        await a.close()
+        await b.close()

@@ -56,6 +56,9 @@ class FakeTransport:
             self.closing = True
             asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
+    def abort(self) -> None:
+        self.close()
+
 
 class FakeHandler:
     def __init__(self) -> None:
@@ -229,3 +232,33 @@ async def test_connection_given_whole_requests_when_client_leaves_should_not_log
     with caplog.at_level(logging.INFO, logger="tidelog.server.limits"):
         conn.connection_lost(None)
     assert not any("lost in the middle" in r.getMessage() for r in caplog.records)
+
+
+async def test_connection_given_a_late_reply_that_cannot_be_written_should_close_not_hang(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply that fails to go out after the handler's awaitable resolved (uvloop raises on
+    a transport whose handle is gone) must not leave the connection busy with its reading
+    paused: nothing would then notice the client leave, and its session would stay forever."""
+
+    class Late(FakeHandler):
+        def handle(
+            self, conn: Connection, code: int, payload: memoryview, owned: bool
+        ) -> Result | Awaitable[Result]:
+            async def later() -> Result:
+                return Ok([b"late"])
+
+            return later()
+
+    def unwritable(data: list[bytes]) -> None:
+        raise RuntimeError("unable to perform operation on a closed transport")
+
+    handler, gate = Late(), ConnectionGate(limits())
+    conn, transport = connect(handler, gate)
+    transport.writelines = unwritable  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="tidelog.server.connection"):
+        feed(conn, header(0, Command.PING))
+        assert transport.paused  # busy with the awaitable: nothing more is read
+        await settle()
+    assert handler.lost == [conn] and gate.open_connections == 0
+    assert any("failed answering request" in r.getMessage() for r in caplog.records)

@@ -131,12 +131,17 @@ def test_read_topology_given_no_sysfs_when_read_should_give_one_node() -> None:
     assert topology.nodes == [0] and topology.allowed
 
 
-def test_owner_of_given_partitions_when_hashed_should_be_stable_and_spread() -> None:
-    # Fixed answers: every shard, on every start, computes the same owner.
-    assert [owner_of(1, 1, p, 2) for p in range(8)] == [owner_of(1, 1, p, 2) for p in range(8)]
+def test_owner_of_given_partitions_when_dealt_should_be_fixed_and_even() -> None:
+    # Fixed answers: every shard, on every start, computes the same owner (a salted hash
+    # would differ between processes).
+    assert [owner_of(1, 1, p, 2) for p in range(6)] == [0, 1, 0, 1, 0, 1]
+    assert [owner_of(1, 0, p, 4) for p in range(6)] == [1, 2, 3, 0, 1, 2]
     assert owner_of(7, 3, 2, 1) == 0
-    counts = Counter(owner_of(s, t, p, 4) for s in range(1, 5) for t in range(1, 5) for p in range(16))
-    assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 256 / 4 * 0.7
+    # A topic's partitions, and one partition of consecutive streams, cover every shard evenly.
+    for shards in (2, 3, 4, 8):
+        every = range(shards)
+        assert Counter(owner_of(3, 2, p, shards) for p in range(shards * 5)) == dict.fromkeys(every, 5)
+        assert Counter(owner_of(s, 1, 0, shards) for s in range(1, shards * 3 + 1)) == dict.fromkeys(every, 3)
 
 
 @given(st.integers(0, 255), st.integers(1, (1 << 24) - 1))

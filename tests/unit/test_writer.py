@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -210,3 +211,29 @@ def test_futures_given_helpers_when_made_should_be_uncancellable() -> None:
     assert not pending.cancel() and not pending.done()
     finished = done_future()
     assert finished.done() and finished.result() is None
+
+
+class Where(Op):
+    """Records the CPUs the thread running it may use."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def run(self) -> None:
+        self.seen = os.sched_getaffinity(0)
+
+
+def test_writer_given_cpus_when_running_should_use_them_while_its_creator_keeps_its_own(
+    make_writer: Callable[..., Writer],
+) -> None:
+    """A pinned shard's writer leaves the loop's CPU: affinity is per thread."""
+    mine = os.sched_getaffinity(0)
+    one = frozenset({min(mine)})
+    where = Where()
+    make_writer(cpus=one).submit([where]).result(timeout=5)
+    assert where.seen == one and os.sched_getaffinity(0) == mine
+    inherited = Where()
+    make_writer().submit([inherited]).result(timeout=5)
+    assert inherited.seen == mine

@@ -10,7 +10,8 @@ Frames (all little-endian): `[u32 length][u8 kind][u32 call][u32 method or statu
 one REPLY with the same `call` number and a status (0: done; else a tidelog status code, the
 body then being the error's detail as UTF-8).
 
-`BusCodec` is the sans-IO part (bytes in, frames out). `BusPeer` is the asyncio shell: at
+`BusCodec` is the sans-IO part (bytes in, frames out, each body in a buffer of its own that
+the kernel fills). `BusPeer` is the asyncio shell: at
 most `max_in_flight` calls wait for replies at once, and a caller beyond that waits for a
 free slot, up to `call_timeout_s`, then fails: nothing queues without bound.
 """
@@ -24,6 +25,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import cast
 
 log = logging.getLogger(__name__)
 
@@ -50,50 +52,120 @@ class BusError(Exception):
     """The bus cannot carry a call: the peer is gone, or no slot freed up in time."""
 
 
+Buffer = bytes | bytearray | memoryview
+# A body to send: one buffer, or pieces written one after the other (not joined: no copy).
+Body = Buffer | list[Buffer]
+
+
 @dataclass(frozen=True)
 class Frame:
     kind: Kind
     call: int
     code: int  # a BusMethod for a REQUEST, a status for a REPLY
-    body: bytes
+    body: bytearray  # the frame's own buffer, received into directly: the receiver may keep it
 
 
-def encode_frame(
-    kind: Kind, call: int, code: int, body: bytes | bytearray | memoryview
-) -> list[bytes | memoryview]:
+def encode_frame(kind: Kind, call: int, code: int, body: Body) -> list[Buffer]:
     """The frame as pieces to write (the body is not copied)."""
-    length = HEAD_BYTES - 4 + len(body)
+    pieces = body if isinstance(body, list) else [body]
+    length = HEAD_BYTES - 4 + sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
     if length > MAX_FRAME_BYTES:
         raise BusError(f"a bus frame of {length} bytes is over the {MAX_FRAME_BYTES} byte limit")
-    return [_HEAD.pack(length, kind, call, code), memoryview(body)]
+    return [_HEAD.pack(length, kind, call, code), *pieces]
 
 
 class BusCodec:
-    """Frames from a byte stream, in order. Raises BusError on a frame that cannot be one
-    (the peer is then broken: the shard stops)."""
+    """Frames from a byte stream, in order. The shell reads into `buffer()` (exactly what
+    the frame needs next: its head, then its whole body, in a buffer of the body's size, so
+    a forwarded batch is copied by the kernel alone) and reports `received(n)`. Raises
+    BusError on a head that cannot be one (the peer is then broken: the shard stops)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._head = bytearray(HEAD_BYTES)
+        self._head_view = memoryview(self._head)
+        self._body: bytearray | None = None  # the body being received, once the head is in
+        self._kind = Kind.REQUEST
+        self._call = 0
+        self._code = 0
+        self._have = 0  # bytes of the head, then of the body, received
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buf += data
-        frames: list[Frame] = []
-        at = 0
-        buf = self._buf
-        while len(buf) - at >= HEAD_BYTES:
-            length, kind, call, code = _HEAD.unpack_from(buf, at)
+    def buffer(self) -> memoryview:
+        if self._body is None:
+            return self._head_view[self._have :]
+        return memoryview(self._body)[self._have :]
+
+    def received(self, nbytes: int) -> Frame | None:
+        self._have += nbytes
+        if self._body is None:
+            if self._have < HEAD_BYTES:
+                return None
+            length, kind, call, code = _HEAD.unpack(self._head)
             if length < HEAD_BYTES - 4 or length > MAX_FRAME_BYTES or kind not in (Kind.REQUEST, Kind.REPLY):
                 raise BusError(f"bus frame with length {length} and kind {kind} is malformed")
-            end = at + 4 + length
-            if end > len(buf):
-                break
-            frames.append(Frame(Kind(kind), call, code, bytes(buf[at + HEAD_BYTES : end])))
-            at = end
-        del buf[:at]
+            self._kind, self._call, self._code = Kind(kind), call, code
+            self._body = bytearray(length - (HEAD_BYTES - 4))
+            self._have = 0
+        if self._have < len(self._body):
+            return None
+        frame = Frame(self._kind, self._call, self._code, self._body)
+        self._body = None
+        self._have = 0
+        return frame
+
+    def feed(self, data: Buffer) -> list[Frame]:
+        """Push-style: every frame `data` completes (for tests and tools)."""
+        frames: list[Frame] = []
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            into = self.buffer()
+            n = min(into.nbytes, view.nbytes)
+            into[:n] = view[:n]
+            view = view[n:]
+            frame = self.received(n)
+            if frame is not None:
+                frames.append(frame)
         return frames
 
 
-Serve = Callable[[BusMethod, bytes], Awaitable[tuple[int, bytes]]]
+Serve = Callable[[BusMethod, bytearray], Awaitable[tuple[int, Body]]]
+
+
+class _BusProtocol(asyncio.BufferedProtocol):
+    """The read side: the kernel copies straight into the codec's buffers."""
+
+    def __init__(self, peer: BusPeer) -> None:
+        self._peer = peer
+        self._codec = BusCodec()
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._codec.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            frame = self._codec.received(nbytes)
+        except BusError as exc:
+            self._peer._lose(str(exc))
+            if self._transport is not None:
+                self._transport.close()
+            return
+        if frame is not None:
+            self._peer._frame(frame)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._peer._lose(str(exc) if exc is not None else "closed its end")
+
+    def pause_writing(self) -> None:
+        self._peer._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._peer._resume_writing()
 
 
 class BusPeer:
@@ -115,21 +187,22 @@ class BusPeer:
         self._on_lost = on_lost
         self._slots = asyncio.Semaphore(max_in_flight)
         self._timeout_s = call_timeout_s
-        self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[int, bytearray]]] = {}
         self._next_call = 0
-        self._codec = BusCodec()
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        # Set while the transport's write buffer is over its high mark: writers wait on it.
+        self._drained: asyncio.Future[None] | None = None
         self._lost: str | None = None
         self._serving: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._writer = writer
-        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: _BusProtocol(self), sock=self._sock)
+        self._transport = cast(asyncio.Transport, transport)
 
-    async def call(self, method: BusMethod, body: bytes | bytearray | memoryview) -> tuple[int, bytes]:
-        """Send a request and wait for its reply: (status, body)."""
+    async def call(self, method: BusMethod, body: Body) -> tuple[int, bytearray]:
+        """Send a request and wait for its reply: (status, body). The body's buffers must
+        stay as they are until the reply comes (the transport may still hold them)."""
         if self._lost is not None:
             raise BusError(f"shard {self.peer_id} is gone: {self._lost}")
         try:
@@ -140,7 +213,7 @@ class BusPeer:
         try:
             self._next_call = (self._next_call + 1) & 0xFFFFFFFF
             call = self._next_call
-            future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[tuple[int, bytearray]] = asyncio.get_running_loop().create_future()
             self._pending[call] = future
             try:
                 await self._write(encode_frame(Kind.REQUEST, call, method, body))
@@ -152,37 +225,37 @@ class BusPeer:
             self._pending.pop(call, None)
             self._slots.release()
 
-    async def _write(self, pieces: list[bytes | memoryview]) -> None:
-        writer = self._writer
-        assert writer is not None
-        writer.writelines(pieces)
-        await writer.drain()  # the kernel's socket buffer is the bound; a slow peer makes us wait
+    async def _write(self, pieces: list[Buffer]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._lost is not None:
+            raise OSError(f"the bus to shard {self.peer_id} is closed")
+        transport.writelines(pieces)
+        if self._drained is not None:
+            # The kernel's socket buffer and the transport's high mark are the bound: a slow
+            # peer makes its callers wait.
+            await asyncio.shield(self._drained)
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        reason = "closed its end"
-        try:
-            while True:
-                data = await reader.read(1 << 20)
-                if not data:
-                    break
-                for frame in self._codec.feed(data):
-                    if frame.kind is Kind.REPLY:
-                        future = self._pending.get(frame.call)
-                        if future is not None and not future.done():
-                            future.set_result((frame.code, frame.body))
-                    else:
-                        task = asyncio.get_running_loop().create_task(self._answer(frame))
-                        self._serving.add(task)
-                        task.add_done_callback(self._serving.discard)
-        except (OSError, BusError) as exc:
-            reason = str(exc)
-        except asyncio.CancelledError:
-            reason = "closing"
-            raise
-        finally:
-            self._lose(reason)
+    def _pause_writing(self) -> None:
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def _resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.kind is Kind.REPLY:
+            future = self._pending.get(frame.call)
+            if future is not None and not future.done():
+                future.set_result((frame.code, frame.body))
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(frame))
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
 
     async def _answer(self, frame: Frame) -> None:
+        body: Body
         try:
             status, body = await self._serve(BusMethod(frame.code), frame.body)
         except Exception as exc:  # a bug on this side: say so to the caller, keep serving
@@ -198,6 +271,7 @@ class BusPeer:
         if self._lost is not None:
             return
         self._lost = reason
+        self._resume_writing()  # a writer waiting for room finds the bus closed
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(BusError(f"shard {self.peer_id} is gone: {reason}"))
@@ -205,7 +279,6 @@ class BusPeer:
 
     async def close(self) -> None:
         self._lost = self._lost or "closing"
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        self._resume_writing()
+        if self._transport is not None:
+            self._transport.close()

@@ -472,7 +472,10 @@ class Connection(asyncio.BufferedProtocol):
     def _resume_after_grant(self) -> None:
         if self.closed:
             return
-        self._process()
+        try:
+            self._process()
+        except Exception:
+            self._fail("resuming after its frame budget was granted")
 
     def _release_budget(self) -> None:
         if self._reserved_bytes:
@@ -572,11 +575,22 @@ class Connection(asyncio.BufferedProtocol):
         except Exception:
             log.exception("handler failed for request %s from %s", key, self.peer)
             result = Failed(Status.ERROR)
-        if not self._reply(key, result):
-            return
-        self._busy = False
-        self._watch_login()
-        self._process()
+        try:
+            if not self._reply(key, result):
+                return
+            self._busy = False
+            self._watch_login()
+            self._process()
+        except Exception:
+            self._fail(f"answering request {key}")
+
+    def _fail(self, doing: str) -> None:
+        """An unexpected error outside a handler, in a task or callback of this connection's:
+        nothing would resume it (its reading may be paused, so not even the client leaving
+        would be seen), so it is logged and the connection aborted (connection_lost follows)."""
+        log.exception("connection %s failed %s: closing it", self.peer, doing)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _answer_adopted(self) -> None:
         adopted, self._adopted = self._adopted, None
@@ -584,9 +598,12 @@ class Connection(asyncio.BufferedProtocol):
         self._update_reading()
         if adopted is None or self.closed:
             return
-        # Its own writable buffer: a send's batch is kept (and converted in place) as received.
-        if self._dispatch(adopted.key, memoryview(bytearray(adopted.payload)), owned=True):
-            self._process()
+        try:
+            # Its own writable buffer: a send's batch is kept (and converted in place) as received.
+            if self._dispatch(adopted.key, memoryview(bytearray(adopted.payload)), owned=True):
+                self._process()
+        except Exception:
+            self._fail(f"answering the request {adopted.key} it was handed over with")
 
     async def _hand_off(self, key: RequestKey, payload: memoryview, owned: bool, target: int) -> None:
         """Passes the socket, the session and the unanswered request to `target`; when the
@@ -609,10 +626,13 @@ class Connection(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.abort()  # our descriptor only: the target's keeps the socket
             return
-        self._busy = False
-        self._update_reading()
-        if self._dispatch(key, payload, owned):
-            self._process()
+        try:
+            self._busy = False
+            self._update_reading()
+            if self._dispatch(key, payload, owned):
+                self._process()
+        except Exception:
+            self._fail(f"answering request {key} after a handoff it kept")
 
     # ---- output ------------------------------------------------------------------------
     def _reply(self, key: RequestKey, result: Result) -> bool:

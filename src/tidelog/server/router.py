@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidelog.server import sharding
-from tidelog.server.bus import BusError, BusMethod, BusPeer
+from tidelog.server.bus import Body, Buffer, BusError, BusMethod, BusPeer
 from tidelog.server.connection import (
     Adopted,
     Connection,
@@ -327,7 +327,7 @@ class Router:
         )
 
     # ---- serving the bus ------------------------------------------------------------
-    async def serve(self, method: BusMethod, body: bytes, peer: int = 0) -> tuple[int, bytes]:
+    async def serve(self, method: BusMethod, body: bytearray, peer: int = 0) -> tuple[int, bytes]:
         if method is BusMethod.ADOPT:
             return await self._serve_adopt(peer, body)
         if method is BusMethod.FORWARD:
@@ -356,10 +356,11 @@ class Router:
             return _STATUS_OK, await self._serve_gather(body)
         return int(Status.INVALID_COMMAND), b"unknown bus method"
 
-    async def _serve_forward(self, body: bytes) -> tuple[int, bytes]:
+    async def _serve_forward(self, body: bytearray) -> tuple[int, bytes]:
         size = int.from_bytes(body[:4], "little")
-        forward: Forward = pickle.loads(body[4 : 4 + size])
-        payload = memoryview(bytearray(body[4 + size :]))
+        view = memoryview(body)
+        forward: Forward = pickle.loads(view[4 : 4 + size])
+        payload = view[4 + size :]  # the frame's own buffer: the handler may keep it
         proxy = self._proxies.get(forward.client_id)
         if proxy is None:
             proxy = Session(forward.client_id, forward.address, None, self.shard.clock_us(), proxy=True)
@@ -371,7 +372,7 @@ class Router:
         )
         return _STATUS_OK, pickle.dumps(_materialized(result))
 
-    async def _serve_gather(self, what: bytes) -> bytes:
+    async def _serve_gather(self, what: bytes | bytearray) -> bytes:
         if what == _GATHER_FIGURES:
             figures = {
                 key: PartitionView(p.segments_count, p.current_offset, p.size_bytes, p.messages_count)
@@ -473,7 +474,7 @@ class Router:
         )
         return True
 
-    async def _serve_adopt(self, peer: int, body: bytes) -> tuple[int, bytes]:
+    async def _serve_adopt(self, peer: int, body: bytes | bytearray) -> tuple[int, bytes]:
         handoff, state, generation, key, payload, after = pickle.loads(body)
         future = self._fd_future(peer, handoff)
         try:
@@ -523,14 +524,14 @@ class Router:
         self.shard.views = views
         self.shard.remote_clients = clients
 
-    async def _gather_clients(self) -> list[bytes]:
+    async def _gather_clients(self) -> list[bytes | bytearray]:
         replies = await self._call_all(BusMethod.GATHER, _GATHER_CLIENTS)
         return [body for status, body in replies if status == _STATUS_OK]
 
-    async def _call_all(self, method: BusMethod, body: bytes) -> list[tuple[int, bytes]]:
+    async def _call_all(self, method: BusMethod, body: Body) -> list[tuple[int, bytes | bytearray]]:
         calls = (p.call(method, body) for p in self.peers.values())
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        replies: list[tuple[int, bytes]] = []
+        replies: list[tuple[int, bytes | bytearray]] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 replies.append((int(Status.ERROR), str(outcome).encode()))
@@ -562,7 +563,7 @@ class Router:
         self.shard.catch_up(body)
 
     @staticmethod
-    async def _quietly(call: Awaitable[tuple[int, bytes]]) -> None:
+    async def _quietly(call: Awaitable[tuple[int, bytearray]]) -> None:
         try:
             await call
         except BusError as exc:
@@ -636,9 +637,11 @@ def _command_of(generation: Generation, key: RequestKey) -> tuple[int | None, bo
     return (None if code is None else int(code)), True
 
 
-def _forward_body(forward: Forward, payload: memoryview) -> bytes:
+def _forward_body(forward: Forward, payload: memoryview) -> list[Buffer]:
+    """The request as bus pieces: the payload is not copied (the connection waits for the
+    reply, so its buffer stays as it is until the bus has written it)."""
     head = pickle.dumps(forward)
-    return len(head).to_bytes(4, "little") + head + bytes(payload)
+    return [len(head).to_bytes(4, "little"), head, payload]
 
 
 def _materialized(result: Result) -> Result:
@@ -649,7 +652,7 @@ def _materialized(result: Result) -> Result:
     return result
 
 
-def _result_of(status: int, body: bytes) -> Result:
+def _result_of(status: int, body: bytes | bytearray) -> Result:
     if status != _STATUS_OK:
         log.error("a forwarded request failed on the other shard: %s", body.decode(errors="replace"))
         return Failed(Status.ERROR)

@@ -44,6 +44,7 @@ class ShardContext:
     lanes: dict[int, socket.socket]  # shard id -> the pair that carries descriptors (handoffs)
     ready_fd: int  # write one byte when serving
     pinned: str = ""  # where the shard runs, for the start-up report
+    helper_cpus: frozenset[int] | None = None  # a pinned shard's threads run on these
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -100,6 +101,7 @@ def run(
     sys.stdout.flush()
     sys.stderr.flush()
     children: dict[int, int] = {}  # pid -> shard id
+    allowed = frozenset(os.sched_getaffinity(0))  # before any shard pins itself
     for placement in placements:
         me = placement.shard_id
         pid = os.fork()
@@ -112,6 +114,8 @@ def run(
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 context = ShardContext(placement, shards, listener, peers, my_lanes, ready_w, pin(placement))
+                if placement.cpu is not None:
+                    context.helper_cpus = allowed
                 code = serve_shard(context)
             except BaseException as exc:  # the shard must not return into the supervisor's code
                 print(f"tidelog shard {me}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)

@@ -25,8 +25,10 @@ that gives up waiting (a cancelled `asyncio.wrap_future`) must not stop the writ
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -139,8 +141,10 @@ class Writer:
         on_complete: Callable[[], None] | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
         name: str = "tidelog-writer",
+        cpus: frozenset[int] | None = None,
     ) -> None:
         assert max_jobs > 0
+        self._cpus = cpus  # where the thread may run (None: wherever its creator may)
         self._on_complete = on_complete
         self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_jobs)
         self._gate = threading.Event()
@@ -195,6 +199,11 @@ class Writer:
         self.close()
 
     def _run(self) -> None:
+        if self._cpus:
+            # Affinity is per thread on Linux: this one leaves the event loop's pinned CPU
+            # to it (the writes then overlap the loop's work on another core).
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, self._cpus)
         while True:
             item = self._queue.get()
             if item is _STOP:
